@@ -1,0 +1,54 @@
+"""The admin endpoints: readiness, counters, clusters and the config in force."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING
+
+from gevent.pywsgi import WSGIServer
+
+if TYPE_CHECKING:
+    from greenmesh.mesh import Mesh
+
+
+class Admin:
+    def __init__(self, mesh: Mesh, host: str, port: int):
+        self.mesh = mesh
+        self._server = WSGIServer((host, port), self._app, log=None, error_log=None)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._server.address[:2]
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self) -> None:
+        self._server.stop(timeout=1)
+
+    def _app(self, environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        mesh = self.mesh
+        if path == "/ready":
+            status, body = ("200 OK", "LIVE\n") if mesh.running else ("503 Service Unavailable",
+                                                                         "DRAINING\n")
+        elif path == "/stats":
+            status, body = "200 OK", mesh.stats.render()
+        elif path == "/clusters":
+            lines = []
+            for name, c in sorted(mesh.clusters.snapshot().items()):
+                for h in c.hosts:
+                    lines.append(f"{name}::{h.address}::weight::{h.weight}")
+                    lines.append(f"{name}::{h.address}::cx_open::{h.pool.open_connections}")
+                    lines.append(f"{name}::{h.address}::cx_idle::{h.pool.idle_connections}")
+            status, body = "200 OK", "".join(line + "\n" for line in lines)
+        elif path == "/config_dump":
+            status = "200 OK"
+            body = json.dumps(dataclasses.asdict(mesh.config), indent=2, default=str) + "\n"
+        else:
+            status, body = "404 Not Found", "endpoints: /ready /stats /clusters /config_dump\n"
+        data = body.encode()
+        start_response(status, [("content-type", "text/plain; charset=utf-8"),
+                                ("content-length", str(len(data)))])
+        return [data]

@@ -1,0 +1,65 @@
+"""``greenmesh --config PATH``: the only place that monkey-patches."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    from greenmesh import __version__
+
+    p = argparse.ArgumentParser(prog="greenmesh", description="A service-mesh data plane on gevent.")
+    p.add_argument("--config", default="etc/mesh.yaml", help="YAML config (default etc/mesh.yaml)")
+    p.add_argument("--validate", action="store_true",
+                   help="load and check the config, print ok or the errors, exit 0 or 1")
+    p.add_argument("--version", action="version", version=f"greenmesh {__version__}")
+    p.add_argument("--log-level", default="info",
+                   choices=("debug", "info", "warning", "error", "critical"))
+    p.add_argument("--log-format", choices=("json", "console"),
+                   help="default: console when stdout is a terminal, else json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from greenmesh.config import ConfigError, load_file
+
+    try:
+        config = load_file(args.config)
+    except ConfigError as e:
+        sys.stderr.write("".join(f"{line}\n" for line in e.errors))
+        return 1
+    if args.validate:
+        sys.stdout.write("ok\n")
+        return 0
+
+    from gevent import monkey
+
+    monkey.patch_all()
+    import signal
+
+    import gevent
+
+    from greenmesh.log import configure
+    from greenmesh.mesh import Mesh
+
+    configure(args.log_level, args.log_format)
+    mesh = Mesh(config)
+    try:
+        mesh.start()
+    except OSError as e:
+        sys.stderr.write(f"greenmesh: cannot start: {e}\n")
+        return 1
+
+    def shutdown() -> None:
+        gevent.spawn(mesh.stop)
+
+    gevent.signal_handler(signal.SIGTERM, shutdown)
+    gevent.signal_handler(signal.SIGINT, shutdown)
+    mesh.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

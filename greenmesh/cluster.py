@@ -1,0 +1,122 @@
+"""The cluster manager: clusters, their hosts and load balancers, swapped whole under a lock.
+
+Readers take ``get(name)`` once per request and keep that snapshot for the request's life, so an
+update never shows a request half of the old host set and half of the new. A host that stays
+keeps its pool (and its warm connections); a host that goes drains: its streams in flight
+finish, then its connections close.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+import gevent
+
+from greenmesh import model
+from greenmesh.lb import POLICIES
+from greenmesh.pool import ExclusivePool, make_pool
+from greenmesh.stats import Stats
+from greenmesh.streams import Registry
+
+
+class Host:
+    __slots__ = ("address", "weight", "pool")
+
+    def __init__(self, address: model.Address, weight: int, pool: ExclusivePool):
+        self.address = address
+        self.weight = weight
+        self.pool = pool
+
+
+class ClusterSnapshot:
+    """One cluster as requests see it: immutable once published."""
+
+    __slots__ = ("config", "hosts", "lb", "name")
+
+    def __init__(self, config: model.Cluster, hosts: tuple[Host, ...]):
+        self.config = config
+        self.name = config.name
+        self.hosts = hosts
+        self.lb = POLICIES[config.lb_policy](hosts)
+
+
+def _pool_settings(c: model.Cluster) -> tuple:
+    """What a pool depends on: a change here means new pools, not reused ones."""
+    return (c.protocol, c.connect_timeout, c.max_connections, c.max_pending_requests,
+            c.idle_timeout)
+
+
+class ClusterManager:
+    def __init__(self, registry: Registry, stats: Stats, sweep_interval: float = 5.0):
+        self._registry = registry
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._clusters: dict[str, ClusterSnapshot] = {}
+        self._sweep_interval = sweep_interval
+        self._sweeper: gevent.Greenlet | None = None
+
+    def get(self, name: str) -> ClusterSnapshot | None:
+        return self._clusters.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._clusters)
+
+    def snapshot(self) -> dict[str, ClusterSnapshot]:
+        return self._clusters
+
+    def _build(self, config: model.Cluster, old: ClusterSnapshot | None) -> ClusterSnapshot:
+        reusable: dict[model.Address, ExclusivePool] = {}
+        if old is not None and _pool_settings(old.config) == _pool_settings(config):
+            reusable = {h.address: h.pool for h in old.hosts}
+        protocol = self._registry.get(config.protocol)
+        hosts = []
+        for ep in config.endpoints:
+            pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config, self._stats)
+            hosts.append(Host(ep.address, ep.weight, pool))
+        return ClusterSnapshot(config, tuple(hosts))
+
+    def update(self, clusters: Iterable[model.Cluster], remove: Iterable[str] = ()) -> None:
+        """Adds or replaces the given clusters and removes the named ones, in one swap."""
+        with self._lock:
+            old = self._clusters
+            new = dict(old)
+            for name in remove:
+                new.pop(name, None)
+            for config in clusters:
+                new[config.name] = self._build(config, old.get(config.name))
+            self._clusters = new
+        self._drain_retired(old, new)
+
+    def replace_all(self, clusters: Iterable[model.Cluster]) -> None:
+        clusters = list(clusters)
+        keep = {c.name for c in clusters}
+        self.update(clusters, remove=[n for n in self._clusters if n not in keep])
+
+    @staticmethod
+    def _drain_retired(old: dict[str, ClusterSnapshot], new: dict[str, ClusterSnapshot]) -> None:
+        live = {id(h.pool) for c in new.values() for h in c.hosts}
+        for c in old.values():
+            for h in c.hosts:
+                if id(h.pool) not in live:
+                    h.pool.drain()
+
+    def start(self) -> None:
+        self._sweeper = gevent.spawn(self._sweep_loop)
+
+    def _sweep_loop(self) -> None:
+        while True:
+            gevent.sleep(self._sweep_interval)
+            now = time.monotonic()
+            for c in self._clusters.values():
+                for h in c.hosts:
+                    h.pool.sweep(now)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.kill()
+            self._sweeper = None
+        with self._lock:
+            old, self._clusters = self._clusters, {}
+        self._drain_retired(old, {})

@@ -1,0 +1,349 @@
+"""YAML -> model, with every error naming its key path (``clusters[1].endpoints[0].address``).
+
+Errors are collected rather than raised at the first one, so a user fixes a config in one pass.
+Unknown keys are errors, like Envoy's strict parsing: a typo must not silently become a default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import yaml
+
+from greenmesh import model
+
+T = TypeVar("T")
+
+HTTP_PROTOCOLS = ("http1",)
+LB_POLICIES = ("round_robin",)
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``errors`` holds one ``path: message`` line per problem."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Invalid(Exception):
+    """One bad value; caught at the enclosing key and recorded with its path."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``15s``, ``250ms``, ``1.5s``, ``2m`` or a number of seconds."""
+    if isinstance(value, bool):
+        raise _Invalid("expected a duration such as 15s or 250ms")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise _Invalid("expected a non-negative duration")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise _Invalid("expected a duration such as 15s or 250ms")
+
+
+def parse_address(value: Any) -> model.Address:
+    """``host:port`` or ``[v6]:port``."""
+    if not isinstance(value, str):
+        raise _Invalid("expected host:port")
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+    else:
+        host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise _Invalid("expected host:port")
+    return model.Address(host, int(port))
+
+
+class _Reader:
+    """Walks the YAML tree, remembering where it is so errors can say so."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}" if path else message)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict | None:
+        if not isinstance(value, dict):
+            self.error(path, "expected a mapping")
+            return None
+        for key in value:
+            if key not in allowed:
+                self.error(_join(path, str(key)), f"unknown key (expected one of {', '.join(allowed)})")
+        return value
+
+    def field(self, obj: dict, path: str, key: str, convert: Callable[[Any], T],
+              default: Any = ..., ) -> T | None:
+        p = _join(path, key)
+        if key not in obj or obj[key] is None:
+            if default is ...:
+                self.error(p, "required")
+                return None
+            return default
+        try:
+            return convert(obj[key])
+        except _Invalid as e:
+            self.error(p, str(e))
+            return None
+
+    def items(self, obj: dict, path: str, key: str, required: bool = False) -> list[tuple[str, Any]]:
+        p = _join(path, key)
+        value = obj.get(key)
+        if value is None:
+            if required:
+                self.error(p, "required")
+            return []
+        if not isinstance(value, list):
+            self.error(p, "expected a list")
+            return []
+        return [(f"{p}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Invalid("expected a non-empty string")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Invalid("expected a positive integer")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("expected true or false")
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise _Invalid(f"expected one of {', '.join(choices)}")
+        return value
+    return convert
+
+
+def _path_prefix(value: Any) -> str:
+    value = _string(value)
+    if not value.startswith("/"):
+        raise _Invalid("expected a path starting with /")
+    return value
+
+
+def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
+    keys = ("name", "address", "protocol", "route_config", "max_connections",
+            "max_request_headers_kb", "idle_timeout", "access_log")
+    obj = r.mapping(v, path, keys)
+    if obj is None:
+        return None
+    d = model.Listener.__dataclass_fields__
+    values = dict(
+        name=r.field(obj, path, "name", _string),
+        address=r.field(obj, path, "address", parse_address),
+        route_config=r.field(obj, path, "route_config", _string),
+        protocol=r.field(obj, path, "protocol", _one_of(HTTP_PROTOCOLS), d["protocol"].default),
+        max_connections=r.field(obj, path, "max_connections", _positive_int,
+                                d["max_connections"].default),
+        max_request_headers_kb=r.field(obj, path, "max_request_headers_kb", _positive_int,
+                                       d["max_request_headers_kb"].default),
+        idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
+        access_log=r.field(obj, path, "access_log", _boolean, True),
+    )
+    return None if None in values.values() else model.Listener(**values)
+
+
+def _route(r: _Reader, v: Any, path: str) -> model.Route | None:
+    obj = r.mapping(v, path, ("name", "match", "route"))
+    if obj is None:
+        return None
+    match = action = None
+    mpath = _join(path, "match")
+    m = r.mapping(obj.get("match"), mpath, ("prefix", "path"))
+    if m is not None:
+        prefix = r.field(m, mpath, "prefix", _path_prefix, None)
+        exact = r.field(m, mpath, "path", _path_prefix, None)
+        if (prefix is None) == (exact is None):
+            r.error(mpath, "expected exactly one of prefix, path")
+        else:
+            match = model.RouteMatch(prefix=prefix, path=exact)
+    apath = _join(path, "route")
+    a = r.mapping(obj.get("route"), apath, ("cluster", "timeout"))
+    if a is not None:
+        cluster = r.field(a, apath, "cluster", _string)
+        timeout = r.field(a, apath, "timeout", parse_duration, 15.0)
+        if cluster is not None and timeout is not None:
+            action = model.RouteAction(cluster=cluster, timeout=timeout)
+    name = r.field(obj, path, "name", _string, "")
+    if match is None or action is None or name is None:
+        return None
+    return model.Route(match=match, route=action, name=name)
+
+
+def _domain(value: Any) -> str:
+    value = _string(value).lower()
+    if "*" in value and value != "*" and not (value.startswith("*") and value.count("*") == 1):
+        raise _Invalid("expected an exact domain, *.suffix or *")
+    return value
+
+
+def _virtual_host(r: _Reader, v: Any, path: str) -> model.VirtualHost | None:
+    obj = r.mapping(v, path, ("name", "domains", "routes"))
+    if obj is None:
+        return None
+    name = r.field(obj, path, "name", _string)
+    domains = []
+    for p, d in r.items(obj, path, "domains", required=True):
+        try:
+            domains.append(_domain(d))
+        except _Invalid as e:
+            r.error(p, str(e))
+    routes = [_route(r, rv, p) for p, rv in r.items(obj, path, "routes", required=True)]
+    if name is None or None in routes or not domains:
+        return None
+    return model.VirtualHost(name=name, domains=tuple(domains), routes=tuple(routes))
+
+
+def _route_config(r: _Reader, v: Any, path: str) -> model.RouteConfig | None:
+    obj = r.mapping(v, path, ("name", "virtual_hosts"))
+    if obj is None:
+        return None
+    name = r.field(obj, path, "name", _string)
+    vhosts = [_virtual_host(r, x, p) for p, x in r.items(obj, path, "virtual_hosts", required=True)]
+    if name is None or None in vhosts:
+        return None
+    seen: dict[str, str] = {}
+    for vh, (p, _) in zip(vhosts, r.items(obj, path, "virtual_hosts"), strict=True):
+        for i, d in enumerate(vh.domains):
+            if d in seen:
+                r.error(f"{p}.domains[{i}]", f"domain {d!r} already used by virtual host {seen[d]!r}")
+            seen[d] = vh.name
+    return model.RouteConfig(name=name, virtual_hosts=tuple(vhosts))
+
+
+def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
+    if isinstance(v, str):  # shorthand: just "host:port"
+        v = {"address": v}
+    obj = r.mapping(v, path, ("address", "weight"))
+    if obj is None:
+        return None
+    address = r.field(obj, path, "address", parse_address)
+    weight = r.field(obj, path, "weight", _positive_int, 1)
+    if address is None or weight is None:
+        return None
+    if address.port == 0:
+        r.error(_join(path, "address"), "expected a port between 1 and 65535")
+        return None
+    return model.Endpoint(address=address, weight=weight)
+
+
+def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
+    keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
+            "max_pending_requests", "idle_timeout")
+    obj = r.mapping(v, path, keys)
+    if obj is None:
+        return None
+    d = model.Cluster.__dataclass_fields__
+    endpoints = [_endpoint(r, e, p) for p, e in r.items(obj, path, "endpoints")]
+    values = dict(
+        name=r.field(obj, path, "name", _string),
+        protocol=r.field(obj, path, "protocol", _one_of(HTTP_PROTOCOLS), d["protocol"].default),
+        lb_policy=r.field(obj, path, "lb_policy", _one_of(LB_POLICIES), d["lb_policy"].default),
+        connect_timeout=r.field(obj, path, "connect_timeout", parse_duration,
+                                d["connect_timeout"].default),
+        max_connections=r.field(obj, path, "max_connections", _positive_int,
+                                d["max_connections"].default),
+        max_pending_requests=r.field(obj, path, "max_pending_requests", _positive_int,
+                                     d["max_pending_requests"].default),
+        idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
+    )
+    if None in values.values() or None in endpoints:
+        return None
+    return model.Cluster(endpoints=tuple(endpoints), **values)
+
+
+def _unique(r: _Reader, items: list, paths: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for item, p in zip(items, paths, strict=True):
+        if item is not None:
+            if item.name in seen:
+                r.error(f"{p}.name", f"duplicate {what} name {item.name!r}")
+            seen.add(item.name)
+
+
+def load_dict(data: Any) -> model.MeshConfig:
+    """Builds a MeshConfig from parsed YAML, or raises ConfigError listing every problem."""
+    r = _Reader()
+    if data is None:
+        data = {}
+    obj = r.mapping(data, "", ("admin", "listeners", "route_configs", "clusters", "drain_timeout"))
+    if obj is None:
+        raise ConfigError(["config: expected a mapping at the top level"])
+
+    admin = None
+    if obj.get("admin") is not None:
+        a = r.mapping(obj["admin"], "admin", ("address",))
+        if a is not None:
+            address = r.field(a, "admin", "address", parse_address)
+            admin = model.Admin(address) if address else None
+
+    sections = {}
+    for key, build in (("listeners", _listener), ("route_configs", _route_config),
+                       ("clusters", _cluster)):
+        pairs = r.items(obj, "", key)
+        built = [build(r, v, p) for p, v in pairs]
+        _unique(r, built, [p for p, _ in pairs], key[:-1].replace("_", " "))
+        sections[key] = built
+
+    listeners, route_configs, clusters = (sections[k] for k in ("listeners", "route_configs",
+                                                                  "clusters"))
+    route_names = {rc.name for rc in route_configs if rc}
+    for i, lst in enumerate(listeners):
+        if lst and lst.route_config not in route_names:
+            r.error(f"listeners[{i}].route_config", f"unknown route config {lst.route_config!r}")
+    cluster_names = {c.name for c in clusters if c}
+    for i, rc in enumerate(route_configs):
+        for j, vh in enumerate(rc.virtual_hosts if rc else ()):
+            for k, route in enumerate(vh.routes):
+                if route.route.cluster not in cluster_names:
+                    r.error(f"route_configs[{i}].virtual_hosts[{j}].routes[{k}].route.cluster",
+                            f"unknown cluster {route.route.cluster!r}")
+    drain = r.field(obj, "", "drain_timeout", parse_duration, 5.0)
+    if r.errors:
+        raise ConfigError(r.errors)
+    return model.MeshConfig(listeners=tuple(listeners), route_configs=tuple(route_configs),
+                            clusters=tuple(clusters), admin=admin, drain_timeout=drain)
+
+
+def load_text(text: str, source: str = "config") -> model.MeshConfig:
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
+    return load_dict(data)
+
+
+def load_file(path: str) -> model.MeshConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: {e.strerror}"]) from None
+    return load_text(text, path)

@@ -1,0 +1,132 @@
+"""A socket plus its buffers: the only place greenmesh touches sockets.
+
+Reads and writes look blocking; gevent does the waiting. Timeouts and peer failures become two
+exceptions, so codecs and the proxy never see ``OSError`` variety.
+"""
+
+from __future__ import annotations
+
+import socket as _stdsocket
+import time
+
+from gevent import socket
+
+READ_SIZE = 65536
+
+
+class ConnError(Exception):
+    """The peer reset or the socket failed."""
+
+
+class ConnTimeout(ConnError):
+    """No bytes arrived (or could be sent) within the allowed time."""
+
+
+class Conn:
+    """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError."""
+
+    __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
+                 "_pending", "_timeout", "created", "busy")
+
+    def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
+        self.sock = sock
+        self.peer = peer
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.closed = False
+        self.close_reason = ""
+        self._pending = b""
+        self._timeout = timeout
+        self.created = time.monotonic()
+        # Set by a server codec while a request is in progress: a draining listener closes
+        # only connections that are not busy and lets the others finish.
+        self.busy = False
+        sock.settimeout(timeout)
+        try:
+            sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    @classmethod
+    def connect(cls, host: str, port: int, timeout: float) -> Conn:
+        """Opens a connection, raising ConnTimeout or ConnError (refused, unreachable)."""
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except TimeoutError as e:
+            raise ConnTimeout(f"connect to {host}:{port} timed out") from e
+        except OSError as e:
+            raise ConnError(f"connect to {host}:{port}: {e.strerror or e}") from e
+        return cls(sock, (host, port))
+
+    def read(self, timeout: float | None = -1.0) -> bytes:
+        """Returns what is available (at most READ_SIZE), blocking until something is."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        if timeout != -1.0 and timeout != self._timeout:
+            self._timeout = timeout
+            self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except TimeoutError:
+            raise ConnTimeout("read timed out") from None
+        except OSError as e:
+            raise ConnError(f"read failed: {e.strerror or e}") from None
+        self.bytes_in += len(data)
+        return data
+
+    def read_exactly(self, n: int, timeout: float | None = -1.0) -> bytes:
+        """Returns exactly n bytes, or raises ConnError if the peer closes first."""
+        parts = []
+        while n > 0:
+            data = self.read(timeout)
+            if not data:
+                raise ConnError("peer closed before the expected bytes arrived")
+            if len(data) > n:
+                self.unread(data[n:])
+                data = data[:n]
+            parts.append(data)
+            n -= len(data)
+        return b"".join(parts)
+
+    def unread(self, data: bytes) -> None:
+        """Puts bytes back to be returned by the next read (protocol sniffing hands them on)."""
+        self._pending = data + self._pending
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise ConnTimeout("write timed out") from None
+        except OSError as e:
+            raise ConnError(f"write failed: {e.strerror or e}") from None
+        self.bytes_out += len(data)
+
+    def readable_or_closed(self) -> bool:
+        """True if the peer sent something or closed: an idle pooled connection must not be."""
+        if self.closed or self._pending:
+            return True
+        try:
+            # The raw socket: gevent's own recv would wait on EAGAIN instead of reporting it.
+            self.sock._sock.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+            return True
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(_stdsocket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        try:
+            self.sock.close()
+        except OSError:
+            pass

@@ -1,0 +1,118 @@
+"""A gevent StreamServer per listener: one greenlet per connection, protocol picked per config."""
+
+from __future__ import annotations
+
+import gevent
+import structlog
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from greenmesh import model
+from greenmesh.conn import Conn, ConnError
+from greenmesh.proxy import Proxy
+from greenmesh.stats import Stats
+from greenmesh.streams import Match, Protocol, Registry
+from greenmesh.streams.base import ServerOptions
+
+log = structlog.get_logger("greenmesh.listener")
+
+# Bytes a protocol may need to see before it can be told apart from the others.
+SNIFF_LIMIT = 64
+SNIFF_TIMEOUT = 10.0
+
+
+class Listener:
+    def __init__(self, config: model.Listener, registry: Registry, proxy: Proxy, stats: Stats):
+        self.config = config
+        self.registry = registry
+        self.proxy = proxy
+        self.stats = stats
+        self._protocol: Protocol | None = (
+            None if config.protocol == "auto" else registry.get(config.protocol))
+        self._candidates = registry.names()
+        self._conns: set[Conn] = set()
+        self._draining = False
+        self._server: StreamServer | None = None
+        self._prefix = f"listener.{config.name}."
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (the real port when the config asked for port 0)."""
+        assert self._server is not None
+        return self._server.address[:2]
+
+    def start(self) -> None:
+        a = self.config.address
+        self._server = StreamServer((a.host, a.port), self._handle, spawn=Pool(), backlog=1024)
+        self._server.start()
+        log.info("listener_started", listener=self.config.name, address=str(a),
+                 protocol=self.config.protocol)
+
+    def _draining_now(self) -> bool:
+        return self._draining
+
+    def _handle(self, sock, peer) -> None:
+        stats = self.stats
+        if len(self._conns) >= self.config.max_connections:
+            stats.inc(self._prefix + "downstream_cx_overflow")
+            sock.close()
+            return
+        conn = Conn(sock, peer, self.config.idle_timeout)
+        self._conns.add(conn)
+        stats.inc(self._prefix + "downstream_cx_total")
+        try:
+            protocol = self._protocol or self._detect(conn)
+            if protocol is not None:
+                opts = ServerOptions(peer=peer,
+                                     max_header_bytes=self.config.max_request_headers_kb * 1024,
+                                     idle_timeout=self.config.idle_timeout,
+                                     draining=self._draining_now)
+                protocol.serve(conn, opts, self.proxy.handle)
+        except ConnError:
+            pass
+        except Exception:  # a codec bug: this connection only
+            log.exception("connection_error", listener=self.config.name, peer=peer)
+        finally:
+            conn.close("done")
+            self._conns.discard(conn)
+            stats.inc(self._prefix + "downstream_cx_destroy")
+
+    def _detect(self, conn: Conn) -> Protocol | None:
+        data = b""
+        while True:
+            chunk = conn.read(SNIFF_TIMEOUT)
+            if not chunk:
+                return None
+            data += chunk
+            found = self.registry.detect(data, self._candidates)
+            if isinstance(found, Protocol):
+                conn.unread(data)
+                return found
+            if found is Match.NO or len(data) >= SNIFF_LIMIT:
+                self.stats.inc(self._prefix + "downstream_cx_protocol_error")
+                log.info("unknown_protocol", listener=self.config.name, peer=conn.peer,
+                         first_bytes=data[:16].hex())
+                return None
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._conns)
+
+    def stop(self, timeout: float) -> None:
+        """Stops accepting; idle connections close now, busy ones after their response."""
+        self._draining = True
+        server = self._server
+        if server is None:
+            return
+        server.close()
+        for conn in list(self._conns):
+            if not conn.busy:
+                conn.close("listener stopped")
+        pool = server.pool
+        if pool is not None and not pool.join(timeout=timeout):
+            pool.kill(timeout=1)
+        for conn in list(self._conns):
+            conn.close("listener stopped")
+        self._server = None
+        gevent.sleep(0)
+        log.info("listener_stopped", listener=self.config.name)

@@ -1,0 +1,87 @@
+"""``Mesh``: owns listeners, the cluster manager, the route tables and admin.
+
+Start and stop it inside any running gevent process (a gunicorn-gevent worker, a test) as often
+as needed: all its state hangs off the instance, none off a module.
+"""
+
+from __future__ import annotations
+
+import gevent
+import gevent.event
+import structlog
+
+from greenmesh import config as config_loader
+from greenmesh import model
+from greenmesh.admin import Admin
+from greenmesh.cluster import ClusterManager
+from greenmesh.listener import Listener
+from greenmesh.proxy import Proxy
+from greenmesh.router import RouteTable
+from greenmesh.stats import Stats
+from greenmesh.streams import Registry, default_registry
+
+log = structlog.get_logger("greenmesh")
+
+
+class Mesh:
+    def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None):
+        self.config = config
+        self.registry = registry or default_registry()
+        self.stats = Stats()
+        self.clusters = ClusterManager(self.registry, self.stats)
+        self._routes: dict[str, RouteTable] = {}
+        self.listeners: dict[str, Listener] = {}
+        self.admin: Admin | None = None
+        self.running = False
+        self._stopped = gevent.event.Event()
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs) -> Mesh:
+        return cls(config_loader.load_file(path), **kwargs)
+
+    def route_table(self, name: str) -> RouteTable | None:
+        return self._routes.get(name)
+
+    def start(self) -> Mesh:
+        """Binds every listener and admin; returns once they accept connections."""
+        cfg = self.config
+        self.clusters.replace_all(cfg.clusters)
+        self.clusters.start()
+        self._routes = {rc.name: RouteTable(rc) for rc in cfg.route_configs}
+        try:
+            for lc in cfg.listeners:
+                name = lc.route_config
+                proxy = Proxy(lc.name, lambda name=name: self._routes.get(name), self.clusters,
+                              self.stats, access_log_enabled=lc.access_log,
+                              tunnel_idle_timeout=lc.idle_timeout)
+                listener = Listener(lc, self.registry, proxy, self.stats)
+                listener.start()
+                self.listeners[lc.name] = listener
+            if cfg.admin is not None:
+                self.admin = Admin(self, cfg.admin.address.host, cfg.admin.address.port)
+                self.admin.start()
+        except Exception:
+            self.stop(timeout=0)
+            raise
+        self.running = True
+        self._stopped.clear()
+        log.info("mesh_started", listeners=len(self.listeners), clusters=len(cfg.clusters))
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drains: no new connections, requests in flight get ``timeout`` to finish."""
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self.running = False
+        listeners, self.listeners = list(self.listeners.values()), {}
+        if listeners:
+            gevent.joinall([gevent.spawn(lst.stop, timeout) for lst in listeners])
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
+        self.clusters.close()
+        self._stopped.set()
+        log.info("mesh_stopped")
+
+    def wait(self) -> None:
+        """Blocks until ``stop()``."""
+        self._stopped.wait()

@@ -1,0 +1,98 @@
+"""The config model: the one shape both the YAML loader and the xDS converters produce.
+
+Every object is frozen and slotted: a new config is a new object graph built off to the side and
+swapped in whole, so a request in flight always sees one consistent snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: Address
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    endpoints: tuple[Endpoint, ...] = ()
+    protocol: str = "http1"
+    lb_policy: str = "round_robin"
+    connect_timeout: float = 1.0
+    # Per-host cap on upstream connections and on requests waiting for one (Envoy's defaults).
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    # Idle pooled connections are closed after this long.
+    idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    prefix: str | None = None
+    path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    cluster: str
+    timeout: float = 15.0  # Envoy's default route timeout; 0 disables it
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: RouteMatch
+    route: RouteAction
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: Address
+    route_config: str
+    protocol: str = "http1"
+    max_connections: int = 10000
+    # Bytes of request line plus headers before the request is refused with 431 (Envoy: 60 KiB).
+    max_request_headers_kb: int = 60
+    idle_timeout: float = 300.0
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class MeshConfig:
+    listeners: tuple[Listener, ...] = ()
+    route_configs: tuple[RouteConfig, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+    admin: Admin | None = None
+    # Drain time on stop: requests in flight get this long to finish.
+    drain_timeout: float = field(default=5.0)

@@ -1,0 +1,359 @@
+"""One request: route -> host -> pool -> forward head, body and trailers both ways -> access log.
+
+Written once for every protocol: it only speaks the stream contract in ``streams.base``.
+Response flags and local-reply texts follow Envoy's, so operators can read both the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from http import HTTPStatus
+
+import gevent
+import structlog
+
+from greenmesh.cluster import ClusterManager
+from greenmesh.pool import ConnectFailure, PoolClosed, PoolOverflow
+from greenmesh.router import RouteTable
+from greenmesh.stats import Stats
+from greenmesh.streams.base import (
+    WOULD_BLOCK,
+    ClientStream,
+    DownstreamError,
+    ResponseHead,
+    ServerStream,
+    StreamError,
+    StreamReset,
+    StreamTimeout,
+    Tunnel,
+)
+from greenmesh.streams.http_common import clean_response_headers, local_reply_headers
+
+access_log = structlog.get_logger("greenmesh.access")
+log = structlog.get_logger("greenmesh.proxy")
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+# A request body up to this size is kept so the request can be sent again on a fresh connection.
+REPLAY_LIMIT = 64 * 1024
+
+_monotonic = time.monotonic
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+class _Exchange:
+    """What one request did: the access log's fields, filled in as the proxy goes."""
+
+    __slots__ = ("status", "flags", "upstream", "cluster", "bytes_in", "bytes_out",
+                 "body_done_at", "replay", "replay_ok", "error", "downstream_error")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.flags = "-"
+        self.upstream = None
+        self.cluster = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.body_done_at: float | None = None
+        self.downstream_error: DownstreamError | None = None
+        self.replay: list[bytes] = []
+        self.replay_ok = True
+        self.error = ""
+
+
+class _LocalReply(Exception):
+    def __init__(self, status: int, flags: str, body: bytes, headers: tuple = ()):
+        self.status, self.flags, self.body, self.headers = status, flags, body, headers
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    left = deadline - _monotonic()
+    if left <= 0:
+        raise StreamTimeout("route timeout")
+    return left
+
+
+class Proxy:
+    """Forwards the streams of one listener."""
+
+    def __init__(self, listener: str, routes: Callable[[], RouteTable | None],
+                 clusters: ClusterManager, stats: Stats, *, access_log_enabled: bool = True,
+                 tunnel_idle_timeout: float | None = 300.0):
+        self.listener = listener
+        self._routes = routes
+        self._clusters = clusters
+        self._stats = stats
+        self._access_log = access_log_enabled
+        self._tunnel_idle = tunnel_idle_timeout
+
+    def handle(self, stream: ServerStream) -> None:
+        """Serves one stream; never raises (one bad request must not end the connection loop)."""
+        start = _monotonic()
+        ex = _Exchange()
+        try:
+            self._forward(stream, ex)
+        except _LocalReply as r:
+            self._local_reply(stream, ex, r)
+        except DownstreamError as e:
+            e = ex.downstream_error or e
+            ex.error = str(e)
+            if e.status and not stream.response_started:
+                self._local_reply(stream, ex, _LocalReply(e.status, "DPE", f"{e}\n".encode()))
+            else:
+                ex.flags = "DC"
+                stream.reset("downstream error")
+        except Exception:  # a bug: log it, lose this request only
+            log.exception("proxy_error", listener=self.listener)
+            ex.flags = "IE"
+            stream.reset("internal error")
+        status = ex.status
+        stats = self._stats
+        stats.inc("downstream_rq_total")
+        stats.inc(f"downstream_rq_{status // 100}xx" if status else "downstream_rq_reset")
+        if self._access_log:
+            req = stream.request
+            access_log.info("access", listener=self.listener, method=req.method.decode(),
+                            authority=req.authority.decode("latin-1"),
+                            path=req.path.decode("latin-1"), status=status,
+                            flags=ex.flags, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,
+                            duration_ms=round((_monotonic() - start) * 1000, 3),
+                            cluster=ex.cluster, upstream=ex.upstream)
+
+    def _local_reply(self, stream: ServerStream, ex: _Exchange, r: _LocalReply) -> None:
+        ex.flags = r.flags
+        if stream.response_started:
+            stream.reset(r.flags)
+            return
+        ex.status = r.status
+        body = r.body if stream.request.method != b"HEAD" else b""
+        headers = local_reply_headers(r.body) + list(r.headers)
+        try:
+            stream.send_headers(ResponseHead(r.status, headers, _REASONS.get(r.status, b"")),
+                                end_stream=not body)
+            if body:
+                stream.send_data(body, end_stream=True)
+            ex.bytes_out = len(body)
+        except DownstreamError:
+            stream.reset("downstream error")
+
+    def _forward(self, stream: ServerStream, ex: _Exchange) -> None:
+        head = stream.request
+        table = self._routes()
+        route = table.match(head) if table is not None else None
+        if route is None:
+            raise _LocalReply(404, "NR", b"")
+        action = route.route
+        cluster = self._clusters.get(action.cluster)
+        ex.cluster = action.cluster
+        if cluster is None:
+            raise _LocalReply(503, "NC", b"cluster not found")
+        timeout = action.timeout or None
+        retryable = head.method in IDEMPOTENT
+        for attempt in (1, 2):
+            host = cluster.lb.pick()
+            if host is None:
+                raise _LocalReply(503, "UH", b"no healthy upstream")
+            ex.upstream = str(host.address)
+            try:
+                cs = host.pool.new_stream(timeout)
+            except (ConnectFailure, PoolClosed) as e:
+                ex.error = str(e)
+                raise _LocalReply(503, "UF", b"upstream connect error or disconnect/reset before "
+                                  b"headers. reset reason: connection failure") from None
+            except PoolOverflow:
+                raise _LocalReply(503, "UO", b"upstream overflow",
+                                  ((b"x-envoy-overloaded", b"true"),)) from None
+            except StreamTimeout:
+                raise _LocalReply(504, "UT", b"upstream request timeout") from None
+            try:
+                self._exchange(stream, cs, ex, timeout, attempt)
+                return
+            except StreamReset as e:
+                cs.reset(str(e))
+                if ex.downstream_error:
+                    raise ex.downstream_error from None
+                if (attempt == 1 and retryable and cs.reused and not cs.response_started
+                        and ex.replay_ok and not stream.response_started
+                        and (stream.request_complete or ex.body_done_at is not None)):
+                    self._stats.inc("upstream_rq_retry")
+                    continue  # a stale keep-alive connection: once more on another
+                ex.error = str(e)
+                raise _LocalReply(502, "UC", b"upstream connect error or disconnect/reset before "
+                                  b"headers. reset reason: connection termination") from None
+            except StreamTimeout:
+                cs.reset("timeout")
+                if ex.downstream_error:
+                    raise ex.downstream_error from None
+                raise _LocalReply(504, "UT", b"upstream request timeout") from None
+            except StreamError as e:  # an upstream response not representable downstream, etc.
+                cs.reset(str(e))
+                if isinstance(e, DownstreamError):
+                    raise
+                if ex.downstream_error:
+                    raise ex.downstream_error from None
+                ex.error = str(e)
+                raise _LocalReply(502, "UPE", b"upstream protocol error") from None
+
+    def _exchange(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
+                  timeout: float | None, attempt: int) -> None:
+        head = stream.request
+        pump = None
+        if stream.request_complete:
+            ex.body_done_at = _monotonic()
+            cs.send_headers(head, end_stream=True)
+        elif attempt == 2:  # the whole body is in the replay buffer
+            cs.send_headers(head, end_stream=False)
+            for chunk in ex.replay:
+                cs.send_data(chunk, end_stream=False)
+            self._finish_request(stream, cs)
+        else:
+            cs.send_headers(head, end_stream=False)
+            if not self._send_buffered_body(stream, cs, ex):
+                pump = gevent.spawn(self._pump_request, stream, cs, ex)
+        try:
+            resp = self._await_response(stream, cs, ex, timeout)
+            while resp.status < 200:
+                if resp.status == 101 and head.upgrade:
+                    self._tunnel(stream, cs, ex, resp)
+                    return
+                if resp.status != 100:  # greenmesh answered 100-continue itself
+                    stream.send_informational(ResponseHead(resp.status,
+                                                           clean_response_headers(resp.headers),
+                                                           resp.reason))
+                resp = self._await_response(stream, cs, ex, timeout)
+            ex.status = resp.status
+            self._respond(stream, cs, ex, resp, timeout)
+        finally:
+            if pump is not None:
+                pump.kill()
+        cs.finish()
+
+    def _await_response(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
+                        timeout: float | None) -> ResponseHead:
+        """The next response head; the route timeout runs from the end of the request body."""
+        while True:
+            done = ex.body_done_at
+            try:
+                return cs.read_headers(_remaining(done + timeout) if done and timeout else timeout)
+            except StreamTimeout:
+                done = ex.body_done_at
+                if ex.downstream_error:
+                    raise StreamReset("downstream went away") from None
+                if done is not None and _monotonic() - done >= (timeout or 0):
+                    raise
+                # Still uploading: the clock has not started yet.
+
+    def _send_buffered_body(self, stream: ServerStream, cs: ClientStream, ex: _Exchange) -> bool:
+        """Sends what body is already here without blocking; True if that was all of it."""
+        while True:
+            chunk = stream.read_body(block=False)
+            if chunk is WOULD_BLOCK:
+                cs.flush()
+                return False
+            if chunk is None:
+                self._finish_request(stream, cs)
+                ex.body_done_at = _monotonic()
+                return True
+            self._keep(ex, chunk)
+            cs.send_data(chunk, end_stream=False)
+
+    def _pump_request(self, stream: ServerStream, cs: ClientStream, ex: _Exchange) -> None:
+        """Streams the request body upstream while the main greenlet waits for the response."""
+        try:
+            while True:
+                chunk = stream.read_body(block=False)
+                if chunk is WOULD_BLOCK:
+                    cs.flush()
+                    chunk = stream.read_body()
+                if chunk is None:
+                    self._finish_request(stream, cs)
+                    ex.body_done_at = _monotonic()
+                    return
+                self._keep(ex, chunk)
+                cs.send_data(chunk, end_stream=False)
+        except DownstreamError as e:
+            ex.downstream_error = e
+            ex.error = str(e)
+            cs.reset("downstream went away")
+        except StreamError:
+            pass  # the upstream failed; the response side sees it too and answers for it
+
+    @staticmethod
+    def _keep(ex: _Exchange, chunk: bytes) -> None:
+        ex.bytes_in += len(chunk)
+        if ex.replay_ok:
+            if ex.bytes_in <= REPLAY_LIMIT:
+                ex.replay.append(chunk)
+            else:
+                ex.replay_ok = False
+                ex.replay = []
+
+    @staticmethod
+    def _finish_request(stream: ServerStream, cs: ClientStream) -> None:
+        if stream.trailers:
+            cs.send_trailers(stream.trailers)
+        else:
+            cs.send_data(b"", end_stream=True)
+
+    def _respond(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
+                 resp: ResponseHead, timeout: float | None) -> None:
+        deadline = (ex.body_done_at or _monotonic()) + timeout if timeout else None
+        out = ResponseHead(resp.status, clean_response_headers(resp.headers), resp.reason)
+        chunk = cs.read_body(None, block=False)
+        if chunk is None and not cs.trailers:
+            stream.send_headers(out, end_stream=True)
+            return
+        stream.send_headers(out, end_stream=False)
+        try:
+            while chunk is not None:
+                if chunk is WOULD_BLOCK:
+                    stream.flush()
+                    chunk = cs.read_body(_remaining(deadline))
+                    continue
+                ex.bytes_out += len(chunk)
+                stream.send_data(chunk, end_stream=False)
+                chunk = cs.read_body(None, block=False)
+        except (StreamReset, StreamTimeout) as e:
+            # Too late for a status: the client sees the response cut short.
+            ex.flags = "UT" if isinstance(e, StreamTimeout) else "UC"
+            ex.error = str(e)
+            stream.reset(ex.flags)
+            cs.reset(ex.flags)
+            return
+        if cs.trailers:
+            stream.send_trailers(cs.trailers)
+        else:
+            stream.send_data(b"", end_stream=True)
+
+    def _tunnel(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
+                resp: ResponseHead) -> None:
+        """After a 101: raw bytes both ways until either side is done."""
+        ex.status = 101
+        stream.send_informational(ResponseHead(101, clean_response_headers(resp.headers),
+                                               resp.reason))
+        down, up = stream.upgrade(), cs.upgrade()
+        back = gevent.spawn(self._copy, up, down, ex, False)
+        try:
+            self._copy(down, up, ex, True)
+            back.join()
+        finally:
+            back.kill()
+            cs.reset("tunnel closed")
+            stream.reset("tunnel closed")
+
+    def _copy(self, src: Tunnel, dst: Tunnel, ex: _Exchange, upstream_bound: bool) -> None:
+        try:
+            while True:
+                data = src.read(self._tunnel_idle)
+                if not data:
+                    dst.shutdown_write()
+                    return
+                dst.write(data)
+                if upstream_bound:
+                    ex.bytes_in += len(data)
+                else:
+                    ex.bytes_out += len(data)
+        except StreamError:
+            return

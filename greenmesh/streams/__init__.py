@@ -1,0 +1,67 @@
+"""The protocol registry: protocol name -> how to serve it, how to be its client, how to spot it.
+
+A listener with ``protocol: auto`` asks each candidate's ``match`` about the first bytes of a
+connection, in the configured order; there is no if-chain over protocols anywhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from greenmesh.conn import Conn
+from greenmesh.streams.base import ClientConnection, ServerOptions, StreamHandler
+
+
+class Match(enum.Enum):
+    YES = "yes"
+    NO = "no"
+    AGAIN = "again"  # not enough bytes yet to tell
+
+
+@dataclass(frozen=True, slots=True)
+class Protocol:
+    name: str
+    match: Callable[[bytes], Match]
+    serve: Callable[[Conn, ServerOptions, StreamHandler], None]
+    client: Callable[[Conn], ClientConnection]
+    #: Multiplexed protocols share an upstream connection between streams.
+    multiplexed: bool = False
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._protocols: dict[str, Protocol] = {}
+
+    def register(self, protocol: Protocol) -> None:
+        self._protocols[protocol.name] = protocol
+
+    def get(self, name: str) -> Protocol:
+        try:
+            return self._protocols[name]
+        except KeyError:
+            raise KeyError(f"unknown protocol {name!r} (known: {', '.join(self.names())})") from None
+
+    def names(self) -> list[str]:
+        return list(self._protocols)
+
+    def detect(self, data: bytes, candidates: Iterable[str]) -> Protocol | Match:
+        """The first candidate that matches, Match.AGAIN if one might with more bytes, else NO."""
+        undecided = False
+        for name in candidates:
+            protocol = self._protocols[name]
+            m = protocol.match(data)
+            if m is Match.YES:
+                return protocol
+            undecided = undecided or m is Match.AGAIN
+        return Match.AGAIN if undecided else Match.NO
+
+
+def default_registry() -> Registry:
+    """A fresh registry holding the built-in protocols (a new one per Mesh: no shared state)."""
+    from greenmesh.streams import http1
+
+    registry = Registry()
+    registry.register(http1.PROTOCOL)
+    return registry

@@ -1,0 +1,244 @@
+"""The contract in the middle: every protocol turns its bytes into these streams.
+
+The proxy moves one stream's parts to another and never asks which protocol is on either side.
+Headers are lists of ``(lowercase name, value)`` byte pairs: what h11 and h2 hand out, so no
+per-request re-encoding. ``authority`` is kept out of the header list (HTTP/2's ``:authority``,
+HTTP/1.1's ``Host``); each codec puts it where its wire format wants it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Union
+
+from greenmesh.conn import Conn, ConnError, ConnTimeout
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class _WouldBlock:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "WOULD_BLOCK"
+
+
+WOULD_BLOCK = _WouldBlock()
+"""Returned by a non-blocking body read when nothing is buffered yet."""
+
+Chunk = Union[bytes, None, _WouldBlock]  # noqa: UP007 - a runtime alias, not an annotation
+"""A body read: bytes, ``None`` at the end of the body, or WOULD_BLOCK."""
+
+
+class StreamError(Exception):
+    """The stream cannot go on."""
+
+
+class StreamReset(StreamError):
+    """The peer reset the stream or the connection broke."""
+
+
+class StreamTimeout(StreamError):
+    """The peer did not send in time."""
+
+
+class DownstreamError(StreamError):
+    """The downstream side failed (reset, timed out, sent garbage): nobody is left to answer.
+
+    Server streams raise only this, so the proxy can tell a client that went away from an
+    upstream that failed without asking which protocol either speaks. ``status`` is set when
+    the client is still there and deserves an answer (a malformed body: 400).
+    """
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+
+
+class RequestHead:
+    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade")
+
+    def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
+                 headers: Headers, upgrade: bytes = b""):
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.scheme = scheme
+        self.headers = headers
+        # The protocol the client asks to switch to (HTTP/1.1 ``Upgrade``), or empty.
+        self.upgrade = upgrade
+
+    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+
+class ResponseHead:
+    __slots__ = ("status", "headers", "reason")
+
+    def __init__(self, status: int, headers: Headers, reason: bytes = b""):
+        self.status = status
+        self.headers = headers
+        self.reason = reason
+
+
+class Tunnel(ABC):
+    """Raw bytes both ways once a stream has switched protocols (WebSocket after a 101)."""
+
+    @abstractmethod
+    def read(self, timeout: float | None) -> bytes: ...
+
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def shutdown_write(self) -> None: ...
+
+
+class ConnTunnel(Tunnel):
+    """A tunnel straight over a connection (HTTP/1.1 after a 101)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Conn):
+        self.conn = conn
+
+    def read(self, timeout: float | None) -> bytes:
+        try:
+            return self.conn.read(timeout)
+        except ConnTimeout:
+            raise StreamTimeout("tunnel idle") from None
+        except ConnError as e:
+            raise StreamReset(str(e)) from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.conn.write(data)
+        except ConnError as e:
+            raise StreamReset(str(e)) from None
+
+    def shutdown_write(self) -> None:
+        self.conn.shutdown_write()
+
+
+class ServerStream(ABC):
+    """One downstream request and its response."""
+
+    request: RequestHead
+    #: True when the request had no body (nothing to read).
+    request_complete: bool
+    #: Trailers of the request body, once read_body returned None.
+    trailers: Headers | None = None
+
+    @abstractmethod
+    def read_body(self, block: bool = True) -> Chunk: ...
+
+    @abstractmethod
+    def send_informational(self, head: ResponseHead) -> None: ...
+
+    @abstractmethod
+    def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        """Buffers until the end or ``flush()``: a small response goes out in one write."""
+
+    @abstractmethod
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        """Buffers like send_headers; the caller flushes before it would block."""
+
+    @abstractmethod
+    def send_trailers(self, trailers: Headers) -> None: ...
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    @abstractmethod
+    def reset(self, reason: str) -> None:
+        """Aborts the response (HTTP/1.1: closes the connection; HTTP/2: RST_STREAM)."""
+
+    @property
+    @abstractmethod
+    def response_started(self) -> bool: ...
+
+    @abstractmethod
+    def upgrade(self) -> Tunnel: ...
+
+
+class ClientStream(ABC):
+    """One upstream request, opened from a pool; ``finish()`` hands the connection back."""
+
+    #: True when the stream runs on a connection that carried earlier requests.
+    reused: bool
+    trailers: Headers | None = None
+
+    @abstractmethod
+    def send_headers(self, head: RequestHead, end_stream: bool) -> None:
+        """Buffers until the end or ``flush()``, like the server side."""
+
+    @abstractmethod
+    def send_data(self, data: bytes, end_stream: bool) -> None: ...
+
+    @abstractmethod
+    def send_trailers(self, trailers: Headers) -> None: ...
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    @abstractmethod
+    def read_headers(self, timeout: float | None) -> ResponseHead:
+        """The next response head; 1xx heads come back too, before the final one."""
+
+    @abstractmethod
+    def read_body(self, timeout: float | None, block: bool = True) -> Chunk: ...
+
+    @property
+    @abstractmethod
+    def response_started(self) -> bool:
+        """Whether any response byte arrived (a request that saw none may be retried)."""
+
+    @abstractmethod
+    def reset(self, reason: str) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> None: ...
+
+    @abstractmethod
+    def upgrade(self) -> Tunnel: ...
+
+
+class ClientConnection(ABC):
+    """An upstream connection as a pool sees it."""
+
+    #: How many streams may run on it at once (1 for HTTP/1.1).
+    capacity: int
+    active_streams: int
+    conn: Conn
+
+    @abstractmethod
+    def new_stream(self, on_finish: Callable[[ClientConnection, bool], None]) -> ClientStream:
+        """``on_finish(connection, reusable)`` runs once the stream is done with the connection."""
+
+    @property
+    @abstractmethod
+    def usable(self) -> bool:
+        """False once closed or draining: no new streams."""
+
+    def close(self, reason: str) -> None:
+        self.conn.close(reason)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """What a server stream connection needs to know about its listener and peer."""
+
+    peer: tuple | None
+    max_header_bytes: int = 60 * 1024
+    idle_timeout: float | None = 300.0
+    scheme: bytes = b"http"
+    #: A callable the connection asks between requests: True once the listener drains.
+    draining: Callable[[], bool] = lambda: False
+
+
+StreamHandler = Callable[[ServerStream], None]

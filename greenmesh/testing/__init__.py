@@ -1,0 +1,1 @@
+"""Peers for tests and demos: a small upstream server (and, later, a control plane)."""
