@@ -17,6 +17,7 @@ from greenmesh import model
 T = TypeVar("T")
 
 HTTP_PROTOCOLS = ("http1",)
+LISTENER_PROTOCOLS = (*HTTP_PROTOCOLS, "auto")
 LB_POLICIES = ("round_robin",)
 
 
@@ -157,7 +158,7 @@ def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
         name=r.field(obj, path, "name", _string),
         address=r.field(obj, path, "address", parse_address),
         route_config=r.field(obj, path, "route_config", _string),
-        protocol=r.field(obj, path, "protocol", _one_of(HTTP_PROTOCOLS), d["protocol"].default),
+        protocol=r.field(obj, path, "protocol", _one_of(LISTENER_PROTOCOLS), d["protocol"].default),
         max_connections=r.field(obj, path, "max_connections", _positive_int,
                                 d["max_connections"].default),
         max_request_headers_kb=r.field(obj, path, "max_request_headers_kb", _positive_int,

@@ -29,7 +29,7 @@ def start_mesh(tmp_path):
         alive = gm.alive()
         rc = gm.stop()
         tracebacks = [e for e in gm.logs() if "exception" in e or e.get("event") == "unparsed"]
-        assert alive, f"greenmesh died: rc={rc}, log tail: {gm.logs()[-5:]}"
+        assert alive or gm.stopped_by_test, f"greenmesh died: rc={rc}, log tail: {gm.logs()[-5:]}"
         assert rc == 0, f"greenmesh exited with {rc}"
         assert not tracebacks, f"greenmesh logged errors: {tracebacks[:3]}"
 

@@ -68,6 +68,7 @@ class Greenmesh:
 
     def __init__(self, config: dict, tmp: Path):
         self.config = config
+        self.stopped_by_test = False
         tmp.mkdir(parents=True, exist_ok=True)
         self.path = tmp / "mesh.yaml"
         self.path.write_text(yaml.safe_dump(config))
