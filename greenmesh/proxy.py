@@ -215,7 +215,9 @@ class Proxy:
         try:
             resp = self._await_response(stream, cs, ex, timeout)
             while resp.status < 200:
-                if resp.status == 101 and head.upgrade:
+                if resp.status == 101:
+                    if not head.upgrade:
+                        raise StreamReset("upstream switched protocols unasked")
                     self._tunnel(stream, cs, ex, resp)
                     return
                 if resp.status != 100:  # greenmesh answered 100-continue itself

@@ -1,15 +1,15 @@
-"""HTTP/1.1 on h11: server and client stream connections.
+"""HTTP/1.1 stream connections: the thin part that feeds ``http1_codec`` from a Conn.
 
-h11 is the sans-IO state machine; this module is the thin part that feeds it reads from a Conn
-and writes what it produces. One request at a time per connection, so pipelined requests are
-answered in order simply by serving them one after another.
+One request at a time per connection, so pipelined requests are answered in order simply by
+serving them one after another; the parser queues what it has read ahead, and nothing more is
+read until that queue is drained, which bounds memory.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from http import HTTPStatus
 
-import h11
 import structlog
 
 from greenmesh.conn import Conn, ConnError, ConnTimeout
@@ -26,22 +26,36 @@ from greenmesh.streams.base import (
     ResponseHead,
     ServerOptions,
     ServerStream,
-    StreamError,
     StreamHandler,
     StreamReset,
     StreamTimeout,
     Tunnel,
 )
+from greenmesh.streams.http1_codec import (
+    DATA,
+    END,
+    HEAD,
+    MessageHead,
+    ParseError,
+    encode_chunk,
+    encode_last_chunk,
+    encode_request_head,
+    encode_response_head,
+    request_parser,
+    response_has_body,
+    response_parser,
+)
 from greenmesh.streams.http_common import clean_request_headers, local_reply_headers
 
 log = structlog.get_logger("greenmesh.http1")
 
-_NEED_DATA = h11.NEED_DATA
-_Data = h11.Data
-_EndOfMessage = h11.EndOfMessage
-_Request = h11.Request
-_DONE = h11.DONE
 _MAX_METHOD = 24
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CLOSE = [(b"connection", b"close")]
+_CHUNKED = [(b"transfer-encoding", b"chunked")]
+_EMPTY = [(b"content-length", b"0")]
 
 
 def match(data: bytes) -> Match:
@@ -54,169 +68,183 @@ def match(data: bytes) -> Match:
     return Match.AGAIN if len(data) < _MAX_METHOD else Match.NO
 
 
-def _has_body(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
-            return True
-    return False
-
-
 class _ServerConnection:
     """Serves the requests of one downstream connection, one after another."""
+
+    __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip")
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         self.conn = conn
         self.opts = opts
         self.handler = handler
-        self.h = h11.Connection(h11.SERVER, max_incomplete_event_size=opts.max_header_bytes)
+        self.parser = request_parser(opts.max_header_bytes)
+        self.events = self.parser.events
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
 
     def next_event(self, block: bool = True):
-        h = self.h
-        while True:
-            ev = h.next_event()
-            if ev is not _NEED_DATA:
-                return ev
+        """The next parser event; None at EOF; WOULD_BLOCK if not blocking and none is ready."""
+        events = self.events
+        while not events:
+            if self.parser.error is not None:
+                raise self.parser.error
             if not block:
                 return WOULD_BLOCK
-            h.receive_data(self.conn.read(self.opts.idle_timeout))
+            data = self.conn.read(self.opts.idle_timeout)
+            if not data:
+                return None
+            self.parser.feed(data)
+        return events.popleft()
 
     def run(self) -> None:
-        conn, h = self.conn, self.h
+        conn = self.conn
         while not conn.closed:
             try:
                 ev = self.next_event()
-            except h11.RemoteProtocolError as e:
-                self.reject(e.error_status_hint, str(e))
+            except ParseError as e:
+                self.reject(e.status, str(e))
                 return
             except ConnError:  # idle timeout, or the client went away between requests
                 return
-            if type(ev) is not _Request:
-                return  # ConnectionClosed
-            # h11 bounds only a head that arrives in pieces; one read can bring a whole
-            # oversized head, so measure what was parsed too.
-            size = len(ev.target) + sum(len(n) + len(v) + 4 for n, v in ev.headers)
-            if size > self.opts.max_header_bytes:
-                self.reject(431, "request headers too large")
+            if ev is None:
+                return
+            head = ev[1]
+            if head.method == b"CONNECT":
+                self.reject(405, "CONNECT is not supported")
                 return
             conn.busy = True
-            stream = Http1ServerStream(self, ev)
+            stream = Http1ServerStream(self, head)
             self.handler(stream)
             conn.busy = False
-            if conn.closed:
-                return
-            if h.our_state is not _DONE or h.their_state is not _DONE:
-                # A response cut short, a body the handler did not read, or Connection: close.
+            if conn.closed or not stream.reusable:
                 conn.close("not reusable")
                 return
             if self.opts.draining():
                 conn.close("draining")
                 return
-            h.start_next_cycle()
+            leftover = self.parser.upgrade_data  # an upgrade the upstream declined
+            if leftover is not None:
+                self.parser.upgrade_data = None
+                conn.unread(leftover)
 
     def reject(self, status: int, reason: str) -> None:
         """A request greenmesh cannot parse: say why on the wire, then close."""
         log.info("bad_request", peer=self.opts.peer, status=status, error=reason)
-        h = self.h
-        if h.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            body = f"{reason}\n".encode()
-            headers = local_reply_headers(body) + [(b"connection", b"close")]
-            try:
-                self.conn.write(h.send(h11.Response(status_code=status, headers=headers))
-                                + h.send(_Data(data=body)) + h.send(_EndOfMessage()))
-            except (ConnError, h11.LocalProtocolError):
-                pass
+        body = f"{reason}\n".encode()
+        try:
+            self.conn.write(encode_response_head(status, _REASONS.get(status, b""),
+                                                 local_reply_headers(body), _CLOSE) + body)
+        except ConnError:
+            pass
         self.conn.close(f"bad request: {reason}")
 
 
 class Http1ServerStream(ServerStream):
     __slots__ = ("sc", "request", "request_complete", "trailers", "_body_done", "_out",
-                 "_started", "_has_length")
+                 "_started", "_chunked", "_has_body", "_keep_alive", "_done", "_continue",
+                 "_http10")
 
-    def __init__(self, sc: _ServerConnection, req: h11.Request):
+    def __init__(self, sc: _ServerConnection, head: MessageHead):
         self.sc = sc
-        headers, host, upgrade = clean_request_headers(req.headers, sc.peer_ip, sc.opts.scheme)
-        self.request = RequestHead(req.method, req.target, host, sc.opts.scheme, headers, upgrade)
+        scheme = sc.opts.scheme
+        headers, host, upgrade = clean_request_headers(head.headers, sc.peer_ip, scheme)
+        if not head.upgrade or upgrade.lower() == b"h2c":  # h2c upgrades are ignored, as Envoy does
+            upgrade = b""
+        self.request = RequestHead(head.method, head.target, host, scheme, headers, upgrade)
         self.trailers = None
-        self.request_complete = not _has_body(req.headers)
-        self._body_done = False
+        self._http10 = head.version != "1.1"
+        self._keep_alive = head.keep_alive and not self._http10
+        events = sc.events
+        self.request_complete = bool(events) and events[0][0] == END
+        if self.request_complete:
+            events.popleft()
+        self._body_done = self.request_complete
+        self._continue = not self.request_complete and any(
+            n == b"expect" and v.lower() == b"100-continue" for n, v in head.headers)
         self._out: list[bytes] = []
         self._started = False
-        self._has_length = False
-        if self.request_complete:
-            self.sc.next_event(block=False)  # the EndOfMessage h11 has ready for a bodiless request
-            self._body_done = True
+        self._chunked = False
+        self._has_body = True
+        self._done = False
+
+    @property
+    def reusable(self) -> bool:
+        return self._done and self._body_done and self._keep_alive
 
     def read_body(self, block: bool = True) -> Chunk:
         if self._body_done:
             return None
         sc = self.sc
-        if sc.h.they_are_waiting_for_100_continue:
-            self._out.append(self._send(h11.InformationalResponse(status_code=100, headers=[])))
-            self.flush()
+        if self._continue:  # the client waits for our go-ahead before it sends the body
+            self._continue = False
+            if not sc.events:
+                self._out.append(_CONTINUE)
+                self.flush()
         try:
             ev = sc.next_event(block)
-        except h11.RemoteProtocolError as e:
-            raise DownstreamError(f"bad request body: {e}", status=400) from None
+        except ParseError as e:
+            self._keep_alive = False
+            raise DownstreamError(f"bad request body: {e}", status=e.status) from None
         except ConnError as e:
             raise DownstreamError(f"downstream: {e}") from None
-        t = type(ev)
-        if t is _Data:
-            return ev.data
-        if t is _EndOfMessage:
-            self._body_done = True
-            if ev.headers:
-                self.trailers = list(ev.headers)
-            return None
         if ev is WOULD_BLOCK:
             return ev
-        raise DownstreamError("downstream closed mid-request")
-
-    def _send(self, event) -> bytes:
-        try:
-            return self.sc.h.send(event)
-        except h11.LocalProtocolError as e:
-            self.sc.conn.close("response not representable in HTTP/1.1")
-            raise DownstreamError(f"cannot send response: {e}") from None
+        if ev is None:
+            raise DownstreamError("downstream closed mid-request")
+        kind, payload = ev
+        if kind == DATA:
+            return payload
+        self._body_done = True
+        self.trailers = payload
+        return None
 
     def send_informational(self, head: ResponseHead) -> None:
-        headers = head.headers
-        if head.status == 101:
-            headers = headers + [(b"connection", b"upgrade"), (b"upgrade", self.request.upgrade)]
-        self._out.append(self._send(h11.InformationalResponse(
-            status_code=head.status, headers=headers, reason=head.reason)))
+        extra = ([(b"connection", b"upgrade"), (b"upgrade", self.request.upgrade)]
+                 if head.status == 101 else [])
+        self._out.append(encode_response_head(head.status, head.reason or
+                                              _REASONS.get(head.status, b""), head.headers, extra))
         self.flush()
 
     def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
         self._started = True
+        status = head.status
         headers = head.headers
-        sc = self.sc
-        # Say so when this connection will close after the response: draining, a broken
-        # request, or a request body that the complete response leaves unread.
-        if (sc.opts.draining() or sc.h.their_state is h11.ERROR
+        has_body = self._has_body = response_has_body(self.request.method, status)
+        extra = []
+        if has_body and not any(n == b"content-length" for n, _ in headers):
+            if end_stream:
+                extra = _EMPTY
+            elif self._http10:
+                self._keep_alive = False  # delimited by the close
+            else:
+                extra = _CHUNKED
+                self._chunked = True
+        # Say so when this connection closes after the response: HTTP/1.0, Connection: close,
+        # draining, or a request body that the complete response leaves unread.
+        if (not self._keep_alive or self.sc.opts.draining()
                 or (end_stream and not self._body_done)):
-            headers = headers + [(b"connection", b"close")]
-        self._has_length = any(n == b"content-length" for n, _ in headers)
-        out = self._out
-        out.append(self._send(h11.Response(status_code=head.status, headers=headers,
-                                           reason=head.reason)))
+            self._keep_alive = False
+            extra = extra + _CLOSE
+        self._out.append(encode_response_head(status, head.reason or _REASONS.get(status, b""),
+                                              headers, extra))
         if end_stream:
-            out.append(self._send(_EndOfMessage()))
+            self._done = True
             self.flush()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         out = self._out
-        if data:
-            out.append(self._send(_Data(data=data)))
+        if data and self._has_body:
+            out.append(encode_chunk(data) if self._chunked else data)
         if end_stream:
-            out.append(self._send(_EndOfMessage()))
+            if self._chunked:
+                out.append(_LAST_CHUNK)
+            self._done = True
             self.flush()
 
     def send_trailers(self, trailers: Headers) -> None:
-        # Only chunked HTTP/1.1 carries trailers; otherwise they are dropped, as Envoy does.
-        if self._has_length or self.sc.h.their_http_version != b"1.1":
-            trailers = []
-        self._out.append(self._send(_EndOfMessage(headers=trailers)))
+        # Only a chunked body carries trailers; otherwise they are dropped, as Envoy does.
+        if self._chunked:
+            self._out.append(encode_last_chunk(trailers))
+        self._done = True
         self.flush()
 
     def flush(self) -> None:
@@ -230,6 +258,7 @@ class Http1ServerStream(ServerStream):
                 raise DownstreamError(f"downstream: {e}") from None
 
     def reset(self, reason: str) -> None:
+        self._keep_alive = False
         self.sc.conn.close(reason)
 
     @property
@@ -237,9 +266,11 @@ class Http1ServerStream(ServerStream):
         return self._started
 
     def upgrade(self) -> Tunnel:
-        data, _ = self.sc.h.trailing_data
-        if data:
-            self.sc.conn.unread(bytes(data))
+        self._keep_alive = False
+        parser = self.sc.parser
+        if parser.upgrade_data:
+            self.sc.conn.unread(parser.upgrade_data)
+        parser.upgrade_data = None
         return ConnTunnel(self.sc.conn)
 
 
@@ -250,12 +281,12 @@ def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
 class Http1ClientConnection(ClientConnection):
     """An upstream HTTP/1.1 connection: one stream at a time, reused when both sides allow."""
 
-    __slots__ = ("conn", "h", "active_streams", "requests")
+    __slots__ = ("conn", "parser", "active_streams", "requests")
     capacity = 1
 
     def __init__(self, conn: Conn):
         self.conn = conn
-        self.h = h11.Connection(h11.CLIENT)
+        self.parser = response_parser()
         self.active_streams = 0
         self.requests = 0
 
@@ -270,13 +301,15 @@ class Http1ClientConnection(ClientConnection):
 
 
 class Http1ClientStream(ClientStream):
-    __slots__ = ("cc", "h", "conn", "on_finish", "reused", "trailers", "_out", "_got_bytes",
-                 "_body_done", "_finished", "_chunked")
+    __slots__ = ("cc", "conn", "parser", "events", "on_finish", "reused", "trailers", "_out",
+                 "_got_bytes", "_body_done", "_finished", "_chunked", "_sent", "_keep_alive",
+                 "_eof")
 
     def __init__(self, cc: Http1ClientConnection, on_finish, reused: bool):
         self.cc = cc
-        self.h = cc.h
         self.conn = cc.conn
+        self.parser = cc.parser
+        self.events = cc.parser.events
         self.on_finish = on_finish
         self.reused = reused
         self.trailers = None
@@ -285,39 +318,38 @@ class Http1ClientStream(ClientStream):
         self._body_done = False
         self._finished = False
         self._chunked = False
-
-    def _send(self, event) -> bytes:
-        try:
-            return self.h.send(event)
-        except h11.LocalProtocolError as e:
-            raise StreamError(f"cannot send request upstream: {e}") from None
+        self._sent = False
+        self._keep_alive = False
+        self._eof = False
 
     def send_headers(self, head: RequestHead, end_stream: bool) -> None:
         headers = head.headers
-        if head.authority:
-            headers = [(b"host", head.authority), *headers]
+        self.parser.head_request = head.method == b"HEAD"
         if head.upgrade:
             headers = [*headers, (b"connection", b"upgrade"), (b"upgrade", head.upgrade)]
-        elif not end_stream and not any(n == b"content-length" for n, _ in headers):
-            headers = [*headers, (b"transfer-encoding", b"chunked")]
-            self._chunked = True
-        out = self._out
-        out.append(self._send(_Request(method=head.method, target=head.path, headers=headers)))
+        elif not end_stream:
+            self._chunked = not any(n == b"content-length" for n, _ in headers)
+        self._out.append(encode_request_head(head.method, head.path, head.authority, headers,
+                                             self._chunked))
         if end_stream:
-            out.append(self._send(_EndOfMessage()))
+            self._sent = True
             self.flush()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         out = self._out
         if data:
-            out.append(self._send(_Data(data=data)))
+            out.append(encode_chunk(data) if self._chunked else data)
         if end_stream:
-            out.append(self._send(_EndOfMessage()))
+            if self._chunked:
+                out.append(_LAST_CHUNK)
+            self._sent = True
             self.flush()
 
     def send_trailers(self, trailers: Headers) -> None:
         # Only a chunked body carries trailers; with a Content-Length they are dropped.
-        self._out.append(self._send(_EndOfMessage(headers=trailers if self._chunked else [])))
+        if self._chunked:
+            self._out.append(encode_last_chunk(trailers))
+        self._sent = True
         self.flush()
 
     def flush(self) -> None:
@@ -331,16 +363,10 @@ class Http1ClientStream(ClientStream):
                 raise StreamReset(f"upstream: {e}") from None
 
     def _next(self, timeout: float | None, block: bool = True):
-        h = self.h
-        while True:
-            try:
-                ev = h.next_event()
-            except h11.RemoteProtocolError as e:
-                raise StreamReset(f"upstream protocol error: {e}") from None
-            if ev is not _NEED_DATA:
-                if type(ev) is h11.ConnectionClosed:
-                    raise StreamReset("upstream closed the connection")
-                return ev
+        events = self.events
+        while not events:
+            if self.parser.error is not None:
+                raise StreamReset(f"upstream protocol error: {self.parser.error}")
             if not block:
                 return WOULD_BLOCK
             try:
@@ -349,31 +375,42 @@ class Http1ClientStream(ClientStream):
                 raise StreamTimeout("upstream response timed out") from None
             except ConnError as e:
                 raise StreamReset(f"upstream: {e}") from None
-            if data:
-                self._got_bytes = True
-            elif not self._got_bytes:
-                raise StreamReset("upstream closed the connection before responding")
-            h.receive_data(data)
+            if not data:
+                self._eof = True
+                if self.parser.feed_eof():
+                    continue
+                raise StreamReset("upstream closed the connection" +
+                                  ("" if self._got_bytes else " before responding"))
+            self._got_bytes = True
+            try:
+                self.parser.feed(data)
+            except ParseError as e:
+                raise StreamReset(f"upstream protocol error: {e}") from None
+        return events.popleft()
 
     def read_headers(self, timeout: float | None) -> ResponseHead:
-        ev = self._next(timeout)
-        if type(ev) is h11.Response or type(ev) is h11.InformationalResponse:
-            return ResponseHead(ev.status_code, list(ev.headers), ev.reason)
-        raise StreamReset(f"unexpected upstream event {type(ev).__name__}")
+        while True:
+            kind, head = self._next(timeout)
+            if kind == HEAD:
+                self._keep_alive = head.keep_alive
+                return ResponseHead(head.status, head.headers, head.reason)
+            if kind != END:  # END closes an informational (1xx) message
+                raise StreamReset("upstream sent a body before a response head")
 
     def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
         if self._body_done:
             return None
         ev = self._next(timeout, block)
-        t = type(ev)
-        if t is _Data:
-            return ev.data
-        if t is _EndOfMessage:
+        if ev is WOULD_BLOCK:
+            return ev
+        kind, payload = ev
+        if kind == DATA:
+            return payload
+        if kind == END:
             self._body_done = True
-            if ev.headers:
-                self.trailers = list(ev.headers)
+            self.trailers = payload
             return None
-        return ev  # WOULD_BLOCK
+        raise StreamReset("upstream sent a second response head")
 
     @property
     def response_started(self) -> bool:
@@ -387,17 +424,20 @@ class Http1ClientStream(ClientStream):
         if self._finished:
             return
         self._finished = True
-        h = self.h
-        reusable = h.our_state is _DONE and h.their_state is _DONE and not self.conn.closed
-        if reusable:
-            h.start_next_cycle()
+        parser = self.parser
+        reusable = (self._sent and self._body_done and self._keep_alive and not self._eof
+                    and parser.clean_stop and parser.upgrade_data is None and not self.events
+                    and not self.conn.closed)
+        parser.head_request = False
         self.cc.active_streams = 0
         self.on_finish(self.cc, reusable)
 
     def upgrade(self) -> Tunnel:
-        data, _ = self.h.trailing_data
-        if data:
-            self.conn.unread(bytes(data))
+        parser = self.parser
+        if parser.upgrade_data:
+            self.conn.unread(parser.upgrade_data)
+        parser.upgrade_data = None
+        self._keep_alive = False
         return ConnTunnel(self.conn)
 
 
