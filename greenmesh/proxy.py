@@ -30,7 +30,6 @@ from greenmesh.streams.base import (
 )
 from greenmesh.streams.http_common import clean_response_headers, local_reply_headers
 
-access_log = structlog.get_logger("greenmesh.access")
 log = structlog.get_logger("greenmesh.proxy")
 
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
@@ -85,7 +84,9 @@ class Proxy:
         self._routes = routes
         self._clusters = clusters
         self._stats = stats
-        self._access_log = access_log_enabled
+        # Resolved once, not through structlog's lazy proxy on every request.
+        self._access_log = structlog.get_logger("greenmesh.access").bind() if access_log_enabled \
+            else None
         self._tunnel_idle = tunnel_idle_timeout
 
     def handle(self, stream: ServerStream) -> None:
@@ -112,9 +113,9 @@ class Proxy:
         stats = self._stats
         stats.inc("downstream_rq_total")
         stats.inc(f"downstream_rq_{status // 100}xx" if status else "downstream_rq_reset")
-        if self._access_log:
+        if self._access_log is not None:
             req = stream.request
-            access_log.info("access", listener=self.listener, method=req.method.decode(),
+            self._access_log.info("access", listener=self.listener, method=req.method.decode(),
                             authority=req.authority.decode("latin-1"),
                             path=req.path.decode("latin-1"), status=status,
                             flags=ex.flags, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,
