@@ -68,13 +68,52 @@ def match(data: bytes) -> Match:
     return Match.AGAIN if len(data) < _MAX_METHOD else Match.NO
 
 
+class _MessageWriter:
+    """Buffers one message at a time for a connection: head, body (chunk-framed or raw), end.
+
+    Nothing is written until ``flush()`` or the end, so a small message leaves in one write.
+    """
+
+    __slots__ = ("conn", "out", "chunked", "_error", "_side")
+
+    def __init__(self, conn: Conn, error: type[Exception], side: str):
+        self.conn = conn
+        self.out: list[bytes] = []
+        self.chunked = False
+        self._error = error
+        self._side = side
+
+    def body(self, data: bytes) -> None:
+        if data:
+            self.out.append(encode_chunk(data) if self.chunked else data)
+
+    def end(self, trailers: Headers | None = None) -> None:
+        # Only a chunked body carries trailers; after a Content-Length they are dropped, as
+        # Envoy does.
+        if self.chunked:
+            self.out.append(encode_last_chunk(trailers) if trailers else _LAST_CHUNK)
+            self.chunked = False
+        self.flush()
+
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            try:
+                self.conn.write(data)
+            except ConnError as e:
+                raise self._error(f"{self._side}: {e}") from None
+
+
 class _ServerConnection:
     """Serves the requests of one downstream connection, one after another."""
 
-    __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip")
+    __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip", "writer")
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         self.conn = conn
+        self.writer = _MessageWriter(conn, DownstreamError, "downstream")
         self.opts = opts
         self.handler = handler
         self.parser = request_parser(opts.max_header_bytes)
@@ -139,9 +178,8 @@ class _ServerConnection:
 
 
 class Http1ServerStream(ServerStream):
-    __slots__ = ("sc", "request", "request_complete", "trailers", "_body_done", "_out",
-                 "_started", "_chunked", "_has_body", "_keep_alive", "_done", "_continue",
-                 "_http10")
+    __slots__ = ("sc", "request", "request_complete", "trailers", "_body_done", "_w",
+                 "_started", "_has_body", "_keep_alive", "_done", "_continue", "_http10")
 
     def __init__(self, sc: _ServerConnection, head: MessageHead):
         self.sc = sc
@@ -160,9 +198,8 @@ class Http1ServerStream(ServerStream):
         self._body_done = self.request_complete
         self._continue = not self.request_complete and any(
             n == b"expect" and v.lower() == b"100-continue" for n, v in head.headers)
-        self._out: list[bytes] = []
+        self._w = sc.writer
         self._started = False
-        self._chunked = False
         self._has_body = True
         self._done = False
 
@@ -177,8 +214,8 @@ class Http1ServerStream(ServerStream):
         if self._continue:  # the client waits for our go-ahead before it sends the body
             self._continue = False
             if not sc.events:
-                self._out.append(_CONTINUE)
-                self.flush()
+                self._w.out.append(_CONTINUE)
+                self._w.flush()
         try:
             ev = sc.next_event(block)
         except ParseError as e:
@@ -200,9 +237,9 @@ class Http1ServerStream(ServerStream):
     def send_informational(self, head: ResponseHead) -> None:
         extra = ([(b"connection", b"upgrade"), (b"upgrade", self.request.upgrade)]
                  if head.status == 101 else [])
-        self._out.append(encode_response_head(head.status, head.reason or
-                                              _REASONS.get(head.status, b""), head.headers, extra))
-        self.flush()
+        self._w.out.append(encode_response_head(head.status, head.reason or
+                                                _REASONS.get(head.status, b""), head.headers, extra))
+        self._w.flush()
 
     def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
         self._started = True
@@ -217,45 +254,32 @@ class Http1ServerStream(ServerStream):
                 self._keep_alive = False  # delimited by the close
             else:
                 extra = _CHUNKED
-                self._chunked = True
+                self._w.chunked = True
         # Say so when this connection closes after the response: HTTP/1.0, Connection: close,
         # draining, or a request body that the complete response leaves unread.
         if (not self._keep_alive or self.sc.opts.draining()
                 or (end_stream and not self._body_done)):
             self._keep_alive = False
             extra = extra + _CLOSE
-        self._out.append(encode_response_head(status, head.reason or _REASONS.get(status, b""),
-                                              headers, extra))
+        self._w.out.append(encode_response_head(status, head.reason or _REASONS.get(status, b""),
+                                                headers, extra))
         if end_stream:
             self._done = True
-            self.flush()
+            self._w.end()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
-        out = self._out
-        if data and self._has_body:
-            out.append(encode_chunk(data) if self._chunked else data)
+        if self._has_body:
+            self._w.body(data)
         if end_stream:
-            if self._chunked:
-                out.append(_LAST_CHUNK)
             self._done = True
-            self.flush()
+            self._w.end()
 
     def send_trailers(self, trailers: Headers) -> None:
-        # Only a chunked body carries trailers; otherwise they are dropped, as Envoy does.
-        if self._chunked:
-            self._out.append(encode_last_chunk(trailers))
         self._done = True
-        self.flush()
+        self._w.end(trailers)
 
     def flush(self) -> None:
-        out = self._out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            try:
-                self.sc.conn.write(data)
-            except ConnError as e:
-                raise DownstreamError(f"downstream: {e}") from None
+        self._w.flush()
 
     def reset(self, reason: str) -> None:
         self._keep_alive = False
@@ -281,12 +305,13 @@ def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
 class Http1ClientConnection(ClientConnection):
     """An upstream HTTP/1.1 connection: one stream at a time, reused when both sides allow."""
 
-    __slots__ = ("conn", "parser", "active_streams", "requests")
+    __slots__ = ("conn", "parser", "writer", "active_streams", "requests")
     capacity = 1
 
     def __init__(self, conn: Conn):
         self.conn = conn
         self.parser = response_parser()
+        self.writer = _MessageWriter(conn, StreamReset, "upstream")
         self.active_streams = 0
         self.requests = 0
 
@@ -301,9 +326,8 @@ class Http1ClientConnection(ClientConnection):
 
 
 class Http1ClientStream(ClientStream):
-    __slots__ = ("cc", "conn", "parser", "events", "on_finish", "reused", "trailers", "_out",
-                 "_got_bytes", "_body_done", "_finished", "_chunked", "_sent", "_keep_alive",
-                 "_eof")
+    __slots__ = ("cc", "conn", "parser", "events", "on_finish", "reused", "trailers", "_w",
+                 "_got_bytes", "_body_done", "_finished", "_sent", "_keep_alive", "_eof")
 
     def __init__(self, cc: Http1ClientConnection, on_finish, reused: bool):
         self.cc = cc
@@ -313,11 +337,10 @@ class Http1ClientStream(ClientStream):
         self.on_finish = on_finish
         self.reused = reused
         self.trailers = None
-        self._out: list[bytes] = []
+        self._w = cc.writer
         self._got_bytes = False
         self._body_done = False
         self._finished = False
-        self._chunked = False
         self._sent = False
         self._keep_alive = False
         self._eof = False
@@ -327,40 +350,27 @@ class Http1ClientStream(ClientStream):
         self.parser.head_request = head.method == b"HEAD"
         if head.upgrade:
             headers = [*headers, (b"connection", b"upgrade"), (b"upgrade", head.upgrade)]
-        elif not end_stream:
-            self._chunked = not any(n == b"content-length" for n, _ in headers)
-        self._out.append(encode_request_head(head.method, head.path, head.authority, headers,
-                                             self._chunked))
+        w = self._w
+        w.chunked = (not end_stream and not head.upgrade
+                     and not any(n == b"content-length" for n, _ in headers))
+        w.out.append(encode_request_head(head.method, head.path, head.authority, headers,
+                                         w.chunked))
         if end_stream:
             self._sent = True
-            self.flush()
+            w.end()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
-        out = self._out
-        if data:
-            out.append(encode_chunk(data) if self._chunked else data)
+        self._w.body(data)
         if end_stream:
-            if self._chunked:
-                out.append(_LAST_CHUNK)
             self._sent = True
-            self.flush()
+            self._w.end()
 
     def send_trailers(self, trailers: Headers) -> None:
-        # Only a chunked body carries trailers; with a Content-Length they are dropped.
-        if self._chunked:
-            self._out.append(encode_last_chunk(trailers))
         self._sent = True
-        self.flush()
+        self._w.end(trailers)
 
     def flush(self) -> None:
-        out = self._out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            try:
-                self.conn.write(data)
-            except ConnError as e:
-                raise StreamReset(f"upstream: {e}") from None
+        self._w.flush()
 
     def _next(self, timeout: float | None, block: bool = True):
         events = self.events
