@@ -65,6 +65,16 @@ class _LocalReply(Exception):
         self.status, self.flags, self.body, self.headers = status, flags, body, headers
 
 
+def _upstream_failure(e: StreamError) -> _LocalReply:
+    """What the client hears when the upstream failed before a response head (Envoy's words)."""
+    if isinstance(e, StreamTimeout):
+        return _LocalReply(504, "UT", b"upstream request timeout")
+    if isinstance(e, StreamReset):
+        return _LocalReply(502, "UC", b"upstream connect error or disconnect/reset before "
+                           b"headers. reset reason: connection termination")
+    return _LocalReply(502, "UPE", b"upstream protocol error")
+
+
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -171,31 +181,20 @@ class Proxy:
             try:
                 self._exchange(stream, cs, ex, timeout, attempt)
                 return
-            except StreamReset as e:
+            except StreamError as e:
                 cs.reset(str(e))
-                if ex.downstream_error:
+                if isinstance(e, DownstreamError):
+                    raise
+                if ex.downstream_error:  # the pump saw the client go; nobody is left to answer
                     raise ex.downstream_error from None
-                if (attempt == 1 and retryable and cs.reused and not cs.response_started
-                        and ex.replay_ok and not stream.response_started
+                if (type(e) is StreamReset and attempt == 1 and retryable and cs.reused
+                        and not cs.response_started and ex.replay_ok
+                        and not stream.response_started
                         and (stream.request_complete or ex.body_done_at is not None)):
                     self._stats.inc("upstream_rq_retry")
                     continue  # a stale keep-alive connection: once more on another
                 ex.error = str(e)
-                raise _LocalReply(502, "UC", b"upstream connect error or disconnect/reset before "
-                                  b"headers. reset reason: connection termination") from None
-            except StreamTimeout:
-                cs.reset("timeout")
-                if ex.downstream_error:
-                    raise ex.downstream_error from None
-                raise _LocalReply(504, "UT", b"upstream request timeout") from None
-            except StreamError as e:  # an upstream response not representable downstream, etc.
-                cs.reset(str(e))
-                if isinstance(e, DownstreamError):
-                    raise
-                if ex.downstream_error:
-                    raise ex.downstream_error from None
-                ex.error = str(e)
-                raise _LocalReply(502, "UPE", b"upstream protocol error") from None
+                raise _upstream_failure(e) from None
 
     def _exchange(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                   timeout: float | None, attempt: int) -> None:
