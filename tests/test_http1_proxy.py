@@ -340,3 +340,20 @@ def test_max_connections_limit(upstream, start_mesh):
     assert raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                        ).startswith(b"HTTP/1.1 200")
     held[1].close()
+
+
+def test_auto_listener_detects_http_and_closes_the_unknown(upstream, start_mesh):
+    cfg = mesh_config([upstream.address], listener={"protocol": "auto"})
+    gm = start_mesh(cfg)
+    out = raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"hello from up1\n")
+    # Sent a byte at a time, the method is still recognised once the space arrives.
+    with socket.create_connection(("127.0.0.1", gm.port()), timeout=5) as s:
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n":
+            s.sendall(bytes([b]))
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    assert raw_request(gm.port(), b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03") == b""
+    admin = int(cfg["admin"]["address"].rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+    conn.request("GET", "/stats")
+    assert "listener.ingress.downstream_cx_protocol_error: 1\n" in conn.getresponse().read().decode()
