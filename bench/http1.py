@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from greenmesh.testing.nginx import start_nginx  # noqa: E402
+
 BODY = "hello from nginx\n"
 
 
@@ -50,43 +53,18 @@ def which(name: str) -> str:
     return path
 
 
-def nginx_conf(tmp: Path, name: str, workers: int, server: str) -> Path:
-    conf = tmp / f"{name}.conf"
-    conf.write_text(f"""
-worker_processes {workers};
-daemon off;
-pid {tmp}/{name}.pid;
-error_log {tmp}/{name}.err warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/{name}-body;
-  proxy_temp_path {tmp}/{name}-proxy;
-  fastcgi_temp_path {tmp}/{name}-fcgi;
-  uwsgi_temp_path {tmp}/{name}-uwsgi;
-  scgi_temp_path {tmp}/{name}-scgi;
-  keepalive_requests 1000000;
-  {server}
-}}
-""")
-    return conf
-
-
 def start_all(tmp: Path) -> tuple[dict[str, int], list[subprocess.Popen]]:
     ports = {k: free_port() for k in ("direct", "nginx-proxy", "haproxy", "naive", "greenmesh")}
     up = ports["direct"]
     procs = []
-    nginx = which("nginx")
-    procs.append(subprocess.Popen([nginx, "-c", str(nginx_conf(
+    procs.append(start_nginx(
         tmp, "upstream", 2,
-        f'server {{ listen 127.0.0.1:{up}; location / {{ return 200 "{BODY.strip()}\\n"; }} }}'))],
-        stderr=subprocess.DEVNULL))
-    procs.append(subprocess.Popen([nginx, "-c", str(nginx_conf(
+        f'server {{ listen 127.0.0.1:{up}; location / {{ return 200 "{BODY.strip()}\\n"; }} }}'))
+    procs.append(start_nginx(
         tmp, "proxy", 1,
         f"upstream u {{ server 127.0.0.1:{up}; keepalive 64; }}\n"
         f"  server {{ listen 127.0.0.1:{ports['nginx-proxy']}; location / {{ proxy_pass http://u; "
-        'proxy_http_version 1.1; proxy_set_header Connection ""; } }'))],
-        stderr=subprocess.DEVNULL))
+        'proxy_http_version 1.1; proxy_set_header Connection ""; } }'))
     hap = tmp / "haproxy.cfg"
     hap.write_text(f"""
 global

@@ -16,7 +16,7 @@ import gevent
 
 from greenmesh import model
 from greenmesh.lb import POLICIES
-from greenmesh.pool import ExclusivePool, make_pool
+from greenmesh.pool import Pool, make_pool
 from greenmesh.stats import Stats
 from greenmesh.streams import Registry
 
@@ -24,7 +24,7 @@ from greenmesh.streams import Registry
 class Host:
     __slots__ = ("address", "weight", "pool")
 
-    def __init__(self, address: model.Address, weight: int, pool: ExclusivePool):
+    def __init__(self, address: model.Address, weight: int, pool: Pool):
         self.address = address
         self.weight = weight
         self.pool = pool
@@ -67,7 +67,7 @@ class ClusterManager:
         return self._clusters
 
     def _build(self, config: model.Cluster, old: ClusterSnapshot | None) -> ClusterSnapshot:
-        reusable: dict[model.Address, ExclusivePool] = {}
+        reusable: dict[model.Address, Pool] = {}
         if old is not None and _pool_settings(old.config) == _pool_settings(config):
             reusable = {h.address: h.pool for h in old.hosts}
         protocol = self._registry.get(config.protocol)

@@ -16,7 +16,7 @@ from greenmesh import model
 
 T = TypeVar("T")
 
-HTTP_PROTOCOLS = ("http1",)
+HTTP_PROTOCOLS = ("http1", "http2")
 LISTENER_PROTOCOLS = (*HTTP_PROTOCOLS, "auto")
 LB_POLICIES = ("round_robin",)
 

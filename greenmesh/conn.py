@@ -26,7 +26,7 @@ class Conn:
     """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "created", "busy")
+                 "_pending", "_timeout", "created", "busy", "on_drain")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -41,6 +41,8 @@ class Conn:
         # Set by a server codec while a request is in progress: a draining listener closes
         # only connections that are not busy and lets the others finish.
         self.busy = False
+        # Set by a multiplexed server codec: how to tell the peer to stop opening streams.
+        self.on_drain = None
         sock.settimeout(timeout)
         try:
             sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)

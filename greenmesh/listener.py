@@ -106,7 +106,9 @@ class Listener:
             return
         server.close()
         for conn in list(self._conns):
-            if not conn.busy:
+            if conn.on_drain is not None:
+                conn.on_drain()  # HTTP/2: GOAWAY, then close once its streams finish
+            elif not conn.busy:
                 conn.close("listener stopped")
         pool = server.pool
         if pool is not None and not pool.join(timeout=timeout):

@@ -1,7 +1,9 @@
 """Upstream connection pools, one per host: hand out a client stream, take the connection back.
 
 The proxy sees only ``new_stream(timeout)`` and ``stream.finish()``; whether a connection carries
-one stream at a time (HTTP/1.1) or many is the pool's business.
+one stream at a time (HTTP/1.1) or many (HTTP/2) is the pool's business. Connecting, waiting for
+a free slot, limits and stats are written once here; the two pools differ only in how they
+share a connection.
 """
 
 from __future__ import annotations
@@ -31,17 +33,14 @@ class PoolClosed(Exception):
     """The host left the cluster while the request waited."""
 
 
-class ExclusivePool:
-    """A connection carries one stream at a time; idle ones are reused newest first."""
-
+class _Pool:
     def __init__(self, address: model.Address, protocol: Protocol, settings: model.Cluster,
                  stats: Stats):
         self.address = address
         self.protocol = protocol
         self.settings = settings
         self.stats = stats
-        self._idle: list[tuple[ClientConnection, float]] = []
-        self._open = 0  # idle + busy + connecting
+        self._open = 0  # connections open or being opened
         self._waiters: deque[AsyncResult] = deque()
         self.closed = False
         prefix = f"cluster.{settings.name}."
@@ -54,12 +53,67 @@ class ExclusivePool:
     def open_connections(self) -> int:
         return self._open
 
+    def _connect(self) -> ClientConnection:
+        self._open += 1
+        self.stats.inc(self._k_cx)
+        try:
+            conn = Conn.connect(self.address.host, self.address.port,
+                                self.settings.connect_timeout)
+        except ConnError as e:
+            self._open -= 1
+            self.stats.inc(self._k_fail)
+            self._wake(None)
+            raise ConnectFailure(str(e)) from None
+        return self.protocol.client(conn)
+
+    def _wait(self, timeout: float | None) -> ClientConnection | None:
+        """Queues for a connection (or a free slot: None) until one is released."""
+        if len(self._waiters) >= self.settings.max_pending_requests:
+            self.stats.inc(self._k_overflow)
+            raise PoolOverflow("too many pending requests")
+        waiter = AsyncResult()
+        self._waiters.append(waiter)
+        try:
+            result = waiter.get(timeout=timeout)
+        except Timeout:
+            raise StreamTimeout("no upstream connection became free in time") from None
+        finally:
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+        if self.closed:
+            raise PoolClosed("host removed")
+        return result
+
+    def _wake(self, value: ClientConnection | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.ready():
+                waiter.set(value)
+                return True
+        return False
+
+    def _discard(self, cc: ClientConnection, reason: str) -> None:
+        cc.close(reason)
+        self._open -= 1
+        self.stats.inc(self._k_destroy)
+        self._wake(None)
+
+
+class ExclusivePool(_Pool):
+    """A connection carries one stream at a time; idle ones are reused newest first."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._idle: list[tuple[ClientConnection, float]] = []
+
     @property
     def idle_connections(self) -> int:
         return len(self._idle)
 
     def new_stream(self, timeout: float | None) -> ClientStream:
-        """A stream on an idle connection, a new one, or the next one freed (waiting ``timeout``)."""
+        """A stream on an idle connection, a new one, or the next one freed (within timeout)."""
         if self.closed:
             raise PoolClosed("host removed")
         idle = self._idle
@@ -72,62 +126,15 @@ class ExclusivePool:
             return cc.new_stream(self._release)
         if self._open < self.settings.max_connections:
             return self._connect().new_stream(self._release)
-        if len(self._waiters) >= self.settings.max_pending_requests:
-            self.stats.inc(self._k_overflow)
-            raise PoolOverflow("too many pending requests")
-        waiter = AsyncResult()
-        self._waiters.append(waiter)
-        try:
-            cc = waiter.get(timeout=timeout)
-        except Timeout:
-            raise StreamTimeout("no upstream connection became free in time") from None
-        finally:
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                pass
-        if cc is None:  # a slot was freed: open a connection of our own
-            if self.closed:
-                raise PoolClosed("host removed")
-            return self._connect().new_stream(self._release)
+        cc = self._wait(timeout) or self._connect()
         return cc.new_stream(self._release)
-
-    def _connect(self) -> ClientConnection:
-        self._open += 1
-        self.stats.inc(self._k_cx)
-        try:
-            conn = Conn.connect(self.address.host, self.address.port,
-                                self.settings.connect_timeout)
-        except ConnError as e:
-            self._open -= 1
-            self.stats.inc(self._k_fail)
-            self._wake_for_slot()
-            raise ConnectFailure(str(e)) from None
-        return self.protocol.client(conn)
 
     def _release(self, cc: ClientConnection, reusable: bool) -> None:
         if reusable and not self.closed and cc.usable:
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.ready():
-                    waiter.set(cc)
-                    return
-            self._idle.append((cc, time.monotonic()))
+            if not self._wake(cc):
+                self._idle.append((cc, time.monotonic()))
             return
         self._discard(cc, "not reusable")
-
-    def _discard(self, cc: ClientConnection, reason: str) -> None:
-        cc.close(reason)
-        self._open -= 1
-        self.stats.inc(self._k_destroy)
-        self._wake_for_slot()
-
-    def _wake_for_slot(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.ready():
-                waiter.set(None)
-                return
 
     def sweep(self, now: float) -> None:
         """Closes connections idle longer than the cluster's idle timeout."""
@@ -146,12 +153,91 @@ class ExclusivePool:
         idle, self._idle = self._idle, []
         for cc, _ in idle:
             self._discard(cc, "draining")
-        while self._waiters:
-            self._waiters.popleft().set(None)
+        while self._wake(None):
+            pass
+
+
+class MultiplexPool(_Pool):
+    """Streams share connections; another connection opens only when all are at the peer's
+    concurrency limit. A connection that got GOAWAY takes no new streams and closes when its
+    last one finishes; one that died fails only its own streams."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self._conns: list[ClientConnection] = []
+        self._idle_since: dict[int, float] = {}
+        self._connecting: AsyncResult | None = None
+
+    @property
+    def idle_connections(self) -> int:
+        return sum(1 for cc in self._conns if cc.active_streams == 0)
+
+    def new_stream(self, timeout: float | None) -> ClientStream:
+        while True:
+            if self.closed:
+                raise PoolClosed("host removed")
+            for cc in self._conns:
+                if cc.usable and cc.active_streams < cc.capacity:
+                    self._idle_since.pop(id(cc), None)
+                    return cc.new_stream(self._release)
+            self._prune()
+            if self._connecting is not None:  # someone is opening one: share it
+                try:
+                    self._connecting.get(timeout=timeout)
+                except Timeout:
+                    raise StreamTimeout("upstream connection not ready in time") from None
+                continue
+            if self._open < self.settings.max_connections:
+                self._connecting = pending = AsyncResult()
+                try:
+                    cc = self._connect()
+                finally:
+                    self._connecting = None
+                    pending.set(None)
+                self._conns.append(cc)
+                return cc.new_stream(self._release)
+            self._wait(timeout)
+
+    def _prune(self) -> None:
+        for cc in [c for c in self._conns if not c.usable and c.active_streams == 0]:
+            self._conns.remove(cc)
+            self._idle_since.pop(id(cc), None)
+            self._discard(cc, "gone away")
+
+    def _release(self, cc: ClientConnection, reusable: bool) -> None:
+        if cc.active_streams == 0:
+            if not reusable or self.closed:
+                if cc in self._conns:
+                    self._conns.remove(cc)
+                    self._idle_since.pop(id(cc), None)
+                    self._discard(cc, "not reusable")
+                return
+            self._idle_since[id(cc)] = time.monotonic()
+        self._wake(None)
+
+    def sweep(self, now: float) -> None:
+        limit = self.settings.idle_timeout
+        for cc in list(self._conns):
+            since = self._idle_since.get(id(cc))
+            if (since is not None and now - since > limit) or (not cc.usable and
+                                                               cc.active_streams == 0):
+                self._conns.remove(cc)
+                self._idle_since.pop(id(cc), None)
+                self._discard(cc, "idle timeout")
+
+    def drain(self) -> None:
+        self.closed = True
+        for cc in [c for c in self._conns if c.active_streams == 0]:
+            self._conns.remove(cc)
+            self._discard(cc, "draining")
+        while self._wake(None):
+            pass
+
+
+Pool = ExclusivePool | MultiplexPool
 
 
 def make_pool(address: model.Address, protocol: Protocol, settings: model.Cluster,
-              stats: Stats) -> ExclusivePool:
-    if protocol.multiplexed:
-        raise NotImplementedError(f"no multiplexed pool yet for {protocol.name}")
-    return ExclusivePool(address, protocol, settings, stats)
+              stats: Stats) -> Pool:
+    cls = MultiplexPool if protocol.multiplexed else ExclusivePool
+    return cls(address, protocol, settings, stats)

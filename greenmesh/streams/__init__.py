@@ -60,8 +60,9 @@ class Registry:
 
 def default_registry() -> Registry:
     """A fresh registry holding the built-in protocols (a new one per Mesh: no shared state)."""
-    from greenmesh.streams import http1
+    from greenmesh.streams import http1, http2
 
     registry = Registry()
+    registry.register(http2.PROTOCOL)  # first: its preface is unambiguous
     registry.register(http1.PROTOCOL)
     return registry

@@ -1,0 +1,605 @@
+"""HTTP/2 on h2: frames on one connection demultiplexed into streams by id.
+
+Per connection, one reader greenlet feeds whole reads to h2 and routes the events to streams by
+id; one writer greenlet sends what h2 has queued, once per wake-up, so the frames of many
+streams leave in one write and no stream ever blocks on the socket. Each stream is served (or
+driven, upstream) by its own greenlet with blocking-looking calls that wait only on that
+stream: its inbox for frames, its window for flow control.
+
+Flow control both ways: received DATA is acknowledged (WINDOW_UPDATE) only as the stream's
+consumer reads it, so a slow reader holds back its own sender and nobody else; sent DATA never
+exceeds the peer's window, waiting for its WINDOW_UPDATE instead of buffering.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+import gevent
+import structlog
+from gevent.event import Event
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    InformationalResponseReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import H2Error, ProtocolError
+from h2.settings import SettingCodes
+
+from greenmesh.conn import Conn, ConnError
+from greenmesh.streams import Match, Protocol
+from greenmesh.streams.base import (
+    WOULD_BLOCK,
+    Chunk,
+    ClientConnection,
+    ClientStream,
+    DownstreamError,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    ServerOptions,
+    ServerStream,
+    StreamError,
+    StreamHandler,
+    StreamTimeout,
+    Tunnel,
+)
+from greenmesh.streams.base import StreamReset as StreamResetError
+from greenmesh.streams.http_common import clean_request_headers
+
+log = structlog.get_logger("greenmesh.http2")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_CONCURRENT_STREAMS = 100
+# A stream may have this much unread data in flight; the connection, this much over all streams.
+STREAM_WINDOW = 1 << 20
+CONNECTION_WINDOW = 16 << 20
+HEAD, DATA, END = 0, 1, 2
+
+
+def match(data: bytes) -> Match:
+    n = min(len(data), len(PREFACE))
+    if data[:n] != PREFACE[:n]:
+        return Match.NO
+    return Match.YES if n == len(PREFACE) else Match.AGAIN
+
+
+class _Stream:
+    """One stream's end of the connection: frames waiting to be read, and who waits."""
+
+    __slots__ = ("id", "inbox", "readable", "writable", "reset_code", "got_frames", "remote_ended")
+
+    def __init__(self, stream_id: int):
+        self.id = stream_id
+        self.inbox: deque = deque()
+        self.readable = Event()
+        self.writable = Event()
+        self.reset_code: int | None = None
+        self.got_frames = False
+        self.remote_ended = False
+
+    def push(self, item: tuple) -> None:
+        self.inbox.append(item)
+        self.got_frames = True
+        self.readable.set()
+
+    def fail(self, code: int) -> None:
+        self.reset_code = code
+        self.readable.set()
+        self.writable.set()
+
+
+class _H2Connection:
+    """What server and client connections share: h2, the stream table, reader and writer."""
+
+    side = ""
+    error: type[StreamError] = StreamResetError
+
+    def __init__(self, conn: Conn, client_side: bool):
+        self.conn = conn
+        self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
+                                               validate_inbound_headers=True))
+        self.streams: dict[int, _Stream] = {}
+        self.closed = False
+        self.goaway = False
+        self._want_write = Event()
+        self._writer: gevent.Greenlet | None = None
+        self._dispatch: dict[type, Callable] = {
+            DataReceived: self._on_data, StreamEnded: self._on_ended,
+            TrailersReceived: self._on_trailers, StreamReset: self._on_reset,
+            WindowUpdated: self._on_window, RemoteSettingsChanged: self._on_settings,
+            ConnectionTerminated: self._on_goaway,
+        }
+
+    def start(self) -> None:
+        h2 = self.h2
+        h2.local_settings = type(h2.local_settings)(client=h2.config.client_side, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
+            SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            SettingCodes.ENABLE_PUSH: 0,
+        })
+        h2.initiate_connection()
+        h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._writer = gevent.spawn(self._write_loop)
+        self.wake_writer()
+
+    def wake_writer(self) -> None:
+        self._want_write.set()
+
+    def _write_loop(self) -> None:
+        h2, conn, want = self.h2, self.conn, self._want_write
+        try:
+            while True:
+                want.wait()
+                want.clear()
+                data = h2.data_to_send()
+                if data:
+                    conn.write(data)
+                elif self.closed:
+                    return
+        except ConnError:
+            self.close("write failed")
+
+    def read_loop(self, idle_timeout: float | None) -> None:
+        """Reads until the peer goes; dispatches every event of a read before the next read."""
+        h2, conn, dispatch = self.h2, self.conn, self._dispatch
+        try:
+            while not self.closed:
+                data = conn.read(None if self.streams else idle_timeout)
+                if not data:
+                    break
+                try:
+                    events = h2.receive_data(data)
+                except ProtocolError as e:
+                    self._protocol_error(str(e))
+                    break
+                for ev in events:
+                    handler = dispatch.get(type(ev))
+                    if handler is not None:
+                        handler(ev)
+                self.wake_writer()
+        except ConnError:
+            pass
+        finally:
+            self.close("peer gone")
+
+    def _protocol_error(self, reason: str) -> None:
+        log.info("http2_protocol_error", side=self.side, peer=self.conn.peer, error=reason)
+        try:
+            self.h2.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR,
+                                     additional_data=reason[:100].encode())
+            self.conn.write(self.h2.data_to_send())
+        except (H2Error, ConnError):
+            pass
+
+    def _on_data(self, ev: DataReceived) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is None:  # a stream we already finished: give the window back at once
+            if ev.flow_controlled_length:
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            return
+        s.push((DATA, ev.data, ev.flow_controlled_length))
+
+    def _on_ended(self, ev: StreamEnded) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None and not s.remote_ended:
+            s.remote_ended = True
+            s.push((END, None))
+
+    def _on_trailers(self, ev: TrailersReceived) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None:
+            s.remote_ended = True
+            s.push((END, list(ev.headers)))
+
+    def _on_reset(self, ev: StreamReset) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None:
+            s.fail(ev.error_code)
+
+    def _on_window(self, ev: WindowUpdated) -> None:
+        if ev.stream_id:
+            s = self.streams.get(ev.stream_id)
+            if s is not None:
+                s.writable.set()
+        else:
+            for s in self.streams.values():
+                s.writable.set()
+
+    def _on_settings(self, ev: RemoteSettingsChanged) -> None:
+        for s in self.streams.values():  # the initial window may have grown
+            s.writable.set()
+
+    def _on_goaway(self, ev: ConnectionTerminated) -> None:
+        self.goaway = True
+        last = ev.last_stream_id if ev.last_stream_id is not None else 0
+        for sid, s in list(self.streams.items()):
+            if sid > last:
+                s.fail(ErrorCodes.REFUSED_STREAM)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for s in list(self.streams.values()):
+            if s.reset_code is None:
+                s.fail(ErrorCodes.CANCEL)
+        self.conn.close(reason)
+        self._want_write.set()
+
+    # Stream operations, shared by server and client streams.
+    def read(self, s: _Stream, timeout: float | None, block: bool):
+        """The next inbox item of a stream, acknowledging DATA as it is taken."""
+        inbox = s.inbox
+        while not inbox:
+            if s.reset_code is not None:
+                raise self.error(f"{self.side} stream reset ({ErrorCodes(s.reset_code).name})")
+            if not block:
+                return WOULD_BLOCK
+            s.readable.clear()
+            if inbox:
+                break
+            if not s.readable.wait(timeout):
+                raise StreamTimeout(f"{self.side} stream timed out")
+        item = inbox.popleft()
+        if item[0] == DATA and item[2] and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(item[2], s.id)
+                self.wake_writer()
+            except H2Error:
+                pass
+        return item
+
+    def send_data(self, s: _Stream, data: bytes, end_stream: bool) -> None:
+        h2 = self.h2
+        view = memoryview(data)
+        try:
+            while True:
+                if s.reset_code is not None or self.closed:
+                    raise self.error(f"{self.side} stream reset")
+                if not view:
+                    if end_stream:
+                        h2.end_stream(s.id)
+                    break
+                window = min(h2.local_flow_control_window(s.id), h2.max_outbound_frame_size)
+                if window <= 0:
+                    s.writable.clear()
+                    self.wake_writer()
+                    s.writable.wait()
+                    continue
+                n = min(window, len(view))
+                h2.send_data(s.id, view[:n].tobytes(), end_stream=end_stream and n == len(view))
+                view = view[n:]
+                if not view:
+                    break
+        except H2Error as e:
+            raise self.error(f"{self.side} stream: {e}") from None
+        self.wake_writer()
+
+    def send_headers(self, s: _Stream, headers: Headers, end_stream: bool) -> None:
+        if s.reset_code is not None or self.closed:
+            raise self.error(f"{self.side} stream reset")
+        try:
+            self.h2.send_headers(s.id, headers, end_stream=end_stream)
+        except H2Error as e:
+            raise self.error(f"{self.side} stream: {e}") from None
+        self.wake_writer()
+
+    def reset_stream(self, s: _Stream, code: int = ErrorCodes.CANCEL) -> None:
+        if s.reset_code is None and not self.closed:
+            s.reset_code = code
+            try:
+                self.h2.reset_stream(s.id, error_code=code)
+            except H2Error:
+                pass
+            self.wake_writer()
+
+    def forget(self, s: _Stream) -> None:
+        """The stream is done: unread data goes back into the connection window."""
+        self.streams.pop(s.id, None)
+        unread = sum(item[2] for item in s.inbox if item[0] == DATA)
+        if unread and not self.closed:
+            try:
+                self.h2.acknowledge_received_data(unread, s.id)
+            except H2Error:
+                pass
+            self.wake_writer()
+
+
+def _pseudo_split(headers) -> tuple[dict[bytes, bytes], Headers]:
+    pseudo: dict[bytes, bytes] = {}
+    regular: Headers = []
+    cookies: list[bytes] = []
+    for name, value in headers:
+        if name[:1] == b":":
+            pseudo[name] = value
+        elif name == b"cookie":  # HTTP/2 may split cookies; HTTP/1.1 wants one header
+            cookies.append(value)
+        else:
+            regular.append((name, value))
+    if cookies:
+        regular.append((b"cookie", b"; ".join(cookies)))
+    return pseudo, regular
+
+
+class _ServerConnection(_H2Connection):
+    side = "downstream"
+    error = DownstreamError
+
+    def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
+        super().__init__(conn, client_side=False)
+        self.opts = opts
+        self.handler = handler
+        self.peer_ip = opts.peer[0].encode() if opts.peer else None
+        self.handlers: set[gevent.Greenlet] = set()
+        self.last_stream_id = 0
+        self._dispatch[RequestReceived] = self._on_request
+        conn.on_drain = self.drain
+
+    def _on_request(self, ev: RequestReceived) -> None:
+        if self.goaway:  # draining: streams above the GOAWAY's last id are refused
+            self.h2.reset_stream(ev.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+            return
+        s = _Stream(ev.stream_id)
+        s.got_frames = True
+        self.streams[ev.stream_id] = s
+        self.last_stream_id = ev.stream_id
+        self.conn.busy = True
+        g = gevent.spawn(self._serve_stream, s, ev.headers)
+        self.handlers.add(g)
+
+    def _serve_stream(self, s: _Stream, headers) -> None:
+        try:
+            stream = Http2ServerStream(self, s, headers)
+        except StreamError as e:
+            self.reset_stream(s, ErrorCodes.PROTOCOL_ERROR)
+            log.info("bad_request", peer=self.opts.peer, error=str(e))
+        else:
+            try:
+                self.handler(stream)
+            finally:
+                if not stream.done:
+                    self.reset_stream(s, ErrorCodes.INTERNAL_ERROR)
+        self.forget(s)
+        self.handlers.discard(gevent.getcurrent())
+        if not self.streams:
+            self.conn.busy = False
+            if self.goaway and self.opts.draining():
+                self.close("drained")
+
+    def drain(self) -> None:
+        """GOAWAY: no new streams; the connection closes once those in flight finish."""
+        if self.closed:
+            return
+        self.goaway = True
+        try:
+            self.h2.close_connection(last_stream_id=self.last_stream_id)
+        except H2Error:
+            pass
+        self.wake_writer()
+        if not self.streams:
+            gevent.spawn_later(0.05, self.close, "drained")
+
+    def run(self) -> None:
+        self.start()
+        try:
+            self.read_loop(self.opts.idle_timeout)
+        finally:
+            self.close("done")
+            gevent.killall(list(self.handlers), block=False)
+
+
+class Http2ServerStream(ServerStream):
+    __slots__ = ("c", "s", "request", "request_complete", "trailers", "_started", "done",
+                 "_body_done")
+
+    def __init__(self, c: _ServerConnection, s: _Stream, raw_headers):
+        self.c = c
+        self.s = s
+        pseudo, regular = _pseudo_split(raw_headers)
+        method = pseudo.get(b":method", b"")
+        scheme = c.opts.scheme
+        headers, host, _ = clean_request_headers(regular, c.peer_ip, scheme)
+        authority = pseudo.get(b":authority") or host
+        if method == b"CONNECT":
+            raise StreamError("CONNECT is not supported")
+        self.request = RequestHead(method, pseudo.get(b":path", b"/"), authority, scheme, headers)
+        self.trailers = None
+        self._started = False
+        self.done = False
+        inbox = s.inbox
+        self.request_complete = bool(inbox) and inbox[0][0] == END and s.remote_ended
+        if self.request_complete:
+            inbox.popleft()
+        self._body_done = self.request_complete
+
+    def read_body(self, block: bool = True) -> Chunk:
+        if self._body_done:
+            return None
+        item = self.c.read(self.s, None, block)
+        if item is WOULD_BLOCK:
+            return item
+        if item[0] == DATA:
+            return item[1]
+        self._body_done = True
+        self.trailers = item[1]
+        return None
+
+    def send_informational(self, head: ResponseHead) -> None:
+        if head.status == 101:
+            raise DownstreamError("HTTP/2 has no 101")
+        self.c.send_headers(self.s, [(b":status", b"%d" % head.status), *head.headers], False)
+
+    def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        self._started = True
+        self.c.send_headers(self.s, [(b":status", b"%d" % head.status), *head.headers],
+                            end_stream)
+        if end_stream:
+            self.done = True
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        self.c.send_data(self.s, data, end_stream)
+        if end_stream:
+            self.done = True
+
+    def send_trailers(self, trailers: Headers) -> None:
+        self.c.send_headers(self.s, trailers, True)
+        self.done = True
+
+    def flush(self) -> None:
+        self.c.wake_writer()
+
+    def reset(self, reason: str) -> None:
+        self.c.reset_stream(self.s, ErrorCodes.INTERNAL_ERROR)
+        self.done = True
+
+    @property
+    def response_started(self) -> bool:
+        return self._started
+
+    def upgrade(self) -> Tunnel:
+        raise DownstreamError("HTTP/2 streams cannot switch protocols")
+
+
+def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
+    _ServerConnection(conn, opts, handler).run()
+
+
+class Http2ClientConnection(_H2Connection, ClientConnection):
+    """An upstream HTTP/2 connection: many streams at once, up to the peer's limit."""
+
+    side = "upstream"
+
+    def __init__(self, conn: Conn):
+        super().__init__(conn, client_side=True)
+        self.active_streams = 0
+        self.streams_opened = 0
+        self._dispatch[ResponseReceived] = self._on_response
+        self._dispatch[InformationalResponseReceived] = self._on_response
+        self.start()
+        self._reader = gevent.spawn(self.read_loop, None)
+
+    @property
+    def capacity(self) -> int:
+        return min(self.h2.remote_settings.max_concurrent_streams, MAX_CONCURRENT_STREAMS)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.goaway
+
+    def _on_response(self, ev) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None:
+            s.push((HEAD, ev.headers))
+
+    def new_stream(self, on_finish: Callable[[ClientConnection, bool], None]) -> ClientStream:
+        self.active_streams += 1
+        self.streams_opened += 1
+        return Http2ClientStream(self, on_finish, self.streams_opened > 1)
+
+    def close(self, reason: str) -> None:
+        super().close(reason)
+
+
+class Http2ClientStream(ClientStream):
+    __slots__ = ("c", "s", "on_finish", "reused", "trailers", "_finished", "_body_done")
+
+    def __init__(self, c: Http2ClientConnection, on_finish, reused: bool):
+        self.c = c
+        self.s: _Stream | None = None
+        self.on_finish = on_finish
+        self.reused = reused
+        self.trailers = None
+        self._finished = False
+        self._body_done = False
+
+    def send_headers(self, head: RequestHead, end_stream: bool) -> None:
+        c = self.c
+        if head.upgrade:
+            raise StreamError("cannot switch protocols over HTTP/2")
+        if c.closed or c.goaway:
+            raise StreamResetError("upstream connection going away")
+        try:
+            sid = c.h2.get_next_available_stream_id()
+        except H2Error as e:
+            raise StreamResetError(f"upstream: {e}") from None
+        self.s = s = _Stream(sid)
+        c.streams[sid] = s
+        headers = [(b":method", head.method), (b":scheme", head.scheme or b"http"),
+                   (b":authority", head.authority), (b":path", head.path)]
+        headers.extend(head.headers)
+        c.send_headers(s, headers, end_stream)
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        self.c.send_data(self.s, data, end_stream)
+
+    def send_trailers(self, trailers: Headers) -> None:
+        self.c.send_headers(self.s, trailers, True)
+
+    def flush(self) -> None:
+        self.c.wake_writer()
+
+    def read_headers(self, timeout: float | None) -> ResponseHead:
+        item = self.c.read(self.s, timeout, True)
+        if item[0] != HEAD:
+            raise StreamResetError("upstream sent data before a response head")
+        pseudo, regular = _pseudo_split(item[1])
+        try:
+            status = int(pseudo.get(b":status", b""))
+        except ValueError:
+            raise StreamResetError("upstream response without a valid :status") from None
+        return ResponseHead(status, regular)
+
+    def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
+        if self._body_done:
+            return None
+        item = self.c.read(self.s, timeout, block)
+        if item is WOULD_BLOCK:
+            return item
+        kind = item[0]
+        if kind == DATA:
+            return item[1]
+        if kind == END:
+            self._body_done = True
+            self.trailers = item[1]
+            return None
+        raise StreamResetError("upstream sent a second response head")
+
+    @property
+    def response_started(self) -> bool:
+        return self.s is not None and self.s.got_frames
+
+    def reset(self, reason: str) -> None:
+        if self.s is not None:
+            self.c.reset_stream(self.s)
+        self.finish()
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        c = self.c
+        if self.s is not None:
+            if not (self._body_done and self.s.remote_ended):
+                c.reset_stream(self.s)
+            c.forget(self.s)
+        c.active_streams -= 1
+        self.on_finish(c, c.usable)
+
+    def upgrade(self) -> Tunnel:
+        raise StreamError("cannot switch protocols over HTTP/2")
+
+
+PROTOCOL = Protocol(name="http2", match=match, serve=serve, client=Http2ClientConnection,
+                    multiplexed=True)
