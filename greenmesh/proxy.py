@@ -130,7 +130,8 @@ class Proxy:
                             path=req.path.decode("latin-1"), status=status,
                             flags=ex.flags, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,
                             duration_ms=round((_monotonic() - start) * 1000, 3),
-                            cluster=ex.cluster, upstream=ex.upstream)
+                            cluster=ex.cluster, upstream=ex.upstream,
+                            **({"details": ex.error} if ex.error else {}))
 
     def _local_reply(self, stream: ServerStream, ex: _Exchange, r: _LocalReply) -> None:
         ex.flags = r.flags
@@ -200,6 +201,7 @@ class Proxy:
                   timeout: float | None, attempt: int) -> None:
         head = stream.request
         pump = None
+        stream.on_reset(lambda: self._downstream_reset(ex, cs))
         if stream.request_complete:
             ex.body_done_at = _monotonic()
             cs.send_headers(head, end_stream=True)
@@ -231,6 +233,12 @@ class Proxy:
             if pump is not None:
                 pump.kill()
         cs.finish()
+
+    @staticmethod
+    def _downstream_reset(ex: _Exchange, cs: ClientStream) -> None:
+        """The client cancelled: cancel upstream too (Envoy resets the upstream stream)."""
+        ex.downstream_error = DownstreamError("downstream reset the stream")
+        cs.reset("downstream reset")
 
     def _await_response(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                         timeout: float | None) -> ResponseHead:

@@ -165,6 +165,10 @@ class ServerStream(ABC):
     @abstractmethod
     def upgrade(self) -> Tunnel: ...
 
+    def on_reset(self, callback: Callable[[], None]) -> None:  # noqa: B027 - a no-op default
+        """Calls ``callback`` (from another greenlet; it must not block) if the client resets
+        the stream while the response is being produced. Protocols that cannot tell ignore it."""
+
 
 class ClientStream(ABC):
     """One upstream request, opened from a pool; ``finish()`` hands the connection back."""

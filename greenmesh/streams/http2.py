@@ -20,7 +20,12 @@ import gevent
 import structlog
 from gevent.event import Event
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -75,13 +80,48 @@ def match(data: bytes) -> Match:
     return Match.YES if n == len(PREFACE) else Match.AGAIN
 
 
+class _GracefulStateMachine(H2ConnectionStateMachine):
+    """GOAWAY keeps an open connection open.
+
+    h2 moves to CLOSED on sending or receiving any GOAWAY (python-hyper/h2#1181), which
+    refuses the responses of streams the peer promised to finish; RFC 9113 section 6.8 lets
+    every stream up to the GOAWAY's last stream id complete. greenmesh refuses new streams
+    itself after a GOAWAY, either way.
+    """
+
+    _transitions = {
+        **H2ConnectionStateMachine._transitions,
+        **{(state, goaway): (None, state)
+           for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+           for goaway in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)},
+    }
+
+
+class _GracefulH2Connection(H2Connection):
+    """h2 with a graceful GOAWAY (see _GracefulStateMachine); tested against nginx's GOAWAY."""
+
+    def __init__(self, config: H2Configuration):
+        super().__init__(config)
+        self.state_machine = _GracefulStateMachine()
+
+    def _receive_goaway_frame(self, frame):
+        # h2 drops the queued output here; the peer still reads the streams it will finish
+        # (and a dropped HEADERS frame would desynchronise HPACK), so keep it.
+        queued = bytes(self._data_to_send)
+        frames, events = super()._receive_goaway_frame(frame)
+        self._data_to_send += queued
+        return frames, events
+
+
 class _Stream:
     """One stream's end of the connection: frames waiting to be read, and who waits."""
 
-    __slots__ = ("id", "inbox", "readable", "writable", "reset_code", "got_frames", "remote_ended")
+    __slots__ = ("id", "inbox", "readable", "writable", "reset_code", "got_frames", "remote_ended",
+                 "on_reset")
 
     def __init__(self, stream_id: int):
         self.id = stream_id
+        self.on_reset: Callable[[], None] | None = None
         self.inbox: deque = deque()
         self.readable = Event()
         self.writable = Event()
@@ -98,6 +138,9 @@ class _Stream:
         self.reset_code = code
         self.readable.set()
         self.writable.set()
+        if self.on_reset is not None:
+            callback, self.on_reset = self.on_reset, None
+            callback()
 
 
 class _H2Connection:
@@ -108,11 +151,12 @@ class _H2Connection:
 
     def __init__(self, conn: Conn, client_side: bool):
         self.conn = conn
-        self.h2 = H2Connection(H2Configuration(client_side=client_side, header_encoding=None,
+        self.h2 = _GracefulH2Connection(H2Configuration(client_side=client_side, header_encoding=None,
                                                validate_inbound_headers=True))
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self.goaway = False
+        self._close_when_flushed = ""
         self._want_write = Event()
         self._writer: gevent.Greenlet | None = None
         self._dispatch: dict[type, Callable] = {
@@ -143,10 +187,12 @@ class _H2Connection:
             while True:
                 want.wait()
                 want.clear()
-                data = h2.data_to_send()
-                if data:
+                while data := h2.data_to_send():  # more may queue while a write blocks
                     conn.write(data)
-                elif self.closed:
+                if self._close_when_flushed:
+                    self.close(self._close_when_flushed)
+                    return
+                if self.closed:
                     return
         except ConnError:
             self.close("write failed")
@@ -227,6 +273,11 @@ class _H2Connection:
         for sid, s in list(self.streams.items()):
             if sid > last:
                 s.fail(ErrorCodes.REFUSED_STREAM)
+
+    def close_after_flush(self, reason: str) -> None:
+        """Closes once the writer has sent everything queued (the last responses, a GOAWAY)."""
+        self._close_when_flushed = reason
+        self.wake_writer()
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -376,7 +427,7 @@ class _ServerConnection(_H2Connection):
         if not self.streams:
             self.conn.busy = False
             if self.goaway and self.opts.draining():
-                self.close("drained")
+                self.close_after_flush("drained")
 
     def drain(self) -> None:
         """GOAWAY: no new streams; the connection closes once those in flight finish."""
@@ -387,9 +438,10 @@ class _ServerConnection(_H2Connection):
             self.h2.close_connection(last_stream_id=self.last_stream_id)
         except H2Error:
             pass
-        self.wake_writer()
-        if not self.streams:
-            gevent.spawn_later(0.05, self.close, "drained")
+        if self.streams:
+            self.wake_writer()
+        else:
+            self.close_after_flush("drained")
 
     def run(self) -> None:
         self.start()
@@ -470,6 +522,9 @@ class Http2ServerStream(ServerStream):
 
     def upgrade(self) -> Tunnel:
         raise DownstreamError("HTTP/2 streams cannot switch protocols")
+
+    def on_reset(self, callback: Callable[[], None]) -> None:
+        self.s.on_reset = callback
 
 
 def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:

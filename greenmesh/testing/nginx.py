@@ -33,7 +33,6 @@ http {{
   uwsgi_temp_path {tmp}/{name}-uwsgi;
   scgi_temp_path {tmp}/{name}-scgi;
   keepalive_requests 1000000;
-  http2_max_requests 1000000;
   {server}
 }}
 """)
@@ -45,9 +44,11 @@ def start_nginx(tmp: Path, name: str, workers: int, server: str) -> subprocess.P
                             stderr=subprocess.DEVNULL)
 
 
-def h2c_proxy_server(port: int, upstream_port: int) -> str:
-    """An h2c listener proxying to an HTTP/1.1 upstream, unbuffered both ways."""
+def h2c_proxy_server(port: int, upstream_port: int, max_requests: int = 1000000) -> str:
+    """An h2c listener proxying to an HTTP/1.1 upstream, unbuffered both ways; it sends GOAWAY
+    after ``max_requests`` streams on a connection."""
     return (f"server {{ listen 127.0.0.1:{port} http2; client_max_body_size 0; "
+            f"keepalive_requests {max_requests}; "
             f"location / {{ proxy_pass http://127.0.0.1:{upstream_port}; "
             "proxy_http_version 1.1; proxy_set_header Connection \"\"; "
             "proxy_request_buffering off; proxy_buffering off; } }")

@@ -1,0 +1,260 @@
+"""HTTP/2 end to end: curl, h2load and an h2 client through greenmesh; nginx as an h2c upstream."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from greenmesh.testing.nginx import h2c_proxy_server, start_nginx
+from tests.h2client import H2Client
+from tests.harness import free_port, mesh_config, raw_request, rss_kb, wait_port
+
+
+@pytest.fixture
+def h2c_upstream(upstream, tmp_path):
+    """nginx speaking h2c, proxying to the HTTP/1.1 test upstream (so /echo etc. work)."""
+    port = free_port()
+    proc = start_nginx(tmp_path, "h2c", 1, h2c_proxy_server(port, upstream.port))
+    wait_port(port, proc)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait()
+
+
+def h2_config(endpoint: str, listener: str = "http2", cluster: str = "http1", **kw) -> dict:
+    kw.setdefault("listener", {})
+    kw.setdefault("cluster", {})
+    kw["listener"] = {"protocol": listener, **kw["listener"]}
+    kw["cluster"] = {"protocol": cluster, **kw["cluster"]}
+    return mesh_config([endpoint], **kw)
+
+
+def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["curl", "-s", "--max-time", str(timeout), *args], capture_output=True,
+                          timeout=timeout + 5)
+
+
+def test_curl_h2c_to_http1_upstream(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address))
+    r = curl("-i", "--http2-prior-knowledge", gm.url + "/")
+    assert r.stdout.startswith(b"HTTP/2 200") and r.stdout.endswith(b"hello from up1\n")
+    r = curl("--http2-prior-knowledge", "-H", "Cookie: a=1", "-H", "Cookie: b=2",
+             "--data-binary", "payload", gm.url + "/echo?q=1")
+    meta, _, body = r.stdout.partition(b"\n")
+    meta = json.loads(meta)
+    assert body == b"payload" and meta["query"] == "q=1" and meta["method"] == "POST"
+    assert meta["headers"]["host"] == gm.url.split("//")[1]  # :authority became Host
+    assert meta["headers"]["cookie"] == "a=1; b=2"  # crumbs joined for HTTP/1.1
+    (first, *_rest) = gm.access()
+    assert first["status"] == 200 and first["method"] == "GET"
+
+
+def test_h2load_many_streams_on_few_connections(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address))
+    out = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "100", gm.url + "/"],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert "2000 succeeded, 0 failed, 0 errored" in out, out
+    assert "status codes: 2000 2xx" in out, out
+
+
+def test_http1_client_to_h2c_upstream_multiplexes(h2c_upstream, start_mesh):
+    cfg = h2_config(h2c_upstream, listener="http1", cluster="http2")
+    gm = start_mesh(cfg)
+    conn = http.client.HTTPConnection("127.0.0.1", gm.port(), timeout=10)
+    conn.request("POST", "/echo", body=b"x" * 100000, headers={"X-Test": "1"})
+    meta, _, body = conn.getresponse().read().partition(b"\n")
+    assert json.loads(meta)["headers"]["x-test"] == "1" and body == b"x" * 100000
+    out = subprocess.run(["wrk", "-t1", "-c20", "-d1s", gm.url + "/"], capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    admin = int(cfg["admin"]["address"].rsplit(":", 1)[1])
+    stats = http.client.HTTPConnection("127.0.0.1", admin)
+    stats.request("GET", "/stats")
+    text = stats.getresponse().read().decode()
+    assert "cluster.backend.upstream_cx_total: 1\n" in text  # 20 clients, one h2 connection
+
+
+def test_h2c_to_h2c_with_large_bodies_and_bounded_memory(h2c_upstream, start_mesh, tmp_path):
+    gm = start_mesh(h2_config(h2c_upstream, cluster="http2", timeout="120s"))
+    assert curl("--http2-prior-knowledge", gm.url + "/").stdout == b"hello from up1\n"
+    base = rss_kb(gm.proc.pid)
+    size = 100 << 20
+    r = curl("--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{size_download}",
+             f"{gm.url}/bytes/{size}")
+    assert r.stdout == f"200 {size}".encode()
+    big = tmp_path / "big"
+    with open(big, "wb") as f:
+        f.truncate(size)
+    r = curl("--http2-prior-knowledge", "--data-binary", f"@{big}", gm.url + "/sink")
+    assert r.stdout == f"{size}\n".encode()
+    grown = rss_kb(gm.proc.pid, "VmHWM") - base
+    assert grown < 24 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_stalled_stream_does_not_stall_its_siblings(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address))
+    c = H2Client(gm.port())
+    stalled = c.request("GET", "/bytes/50000000")
+    c.stalled.add(stalled)  # never acknowledged: its window fills and stays full
+    c.pump(lambda: len(c.responses[stalled].body) >= 65535, timeout=10)
+    for i in range(20):
+        sid = c.request("POST", f"/echo?i={i}", body=b"sibling")
+        c.pump(lambda sid=sid: c.done(sid), timeout=5)
+        assert c.responses[sid].status == 200 and c.responses[sid].body.endswith(b"sibling")
+    assert len(c.responses[stalled].body) < 2 * 65535 and not c.responses[stalled].ended
+    c.close()
+
+
+def test_client_reset_cancels_the_upstream_request(upstream, start_mesh):
+    cfg = h2_config(upstream.address)
+    gm = start_mesh(cfg)
+    c = H2Client(gm.port())
+    sid = c.request("GET", "/delay/3")
+    time.sleep(0.3)
+    c.reset(sid)
+    other = c.request("GET", "/")
+    c.pump(lambda: c.done(other))
+    assert c.responses[other].status == 200
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and len(gm.access()) < 2:
+        time.sleep(0.05)
+    cancelled = [e for e in gm.access() if e["path"] == "/delay/3"]
+    assert cancelled and cancelled[0]["flags"] == "DC" and cancelled[0]["duration_ms"] < 2000
+    c.close()
+
+
+def test_trailers_pass_both_ways(start_mesh, tmp_path):
+    # grpc-style: the upstream (h2c, via greenmesh's own client) answers with trailers.
+    import grpc  # noqa: F401 - the grpc matrix below covers real gRPC; here only trailers
+    up = H2EchoTrailers()
+    gm = start_mesh(h2_config(up.address, cluster="http2"))
+    c = H2Client(gm.port())
+    sid = c.request("POST", "/t", body=b"abc", headers=[("te", "trailers")], end=False)
+    c.h2.send_headers(sid, [("x-req-trailer", "1")], end_stream=True)
+    c.sock.sendall(c.h2.data_to_send())
+    c.pump(lambda: c.done(sid))
+    r = c.responses[sid]
+    assert r.status == 200 and bytes(r.body) == b"abc"
+    assert (b"x-got-trailer", b"1") in r.trailers and (b"grpc-status", b"0") in r.trailers
+    c.close()
+    up.stop()
+
+
+class H2EchoTrailers:
+    """A tiny h2c upstream (plain h2 on a thread): echoes the body, answers request trailers
+    with response trailers."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn):
+        import h2.config
+        import h2.connection
+        import h2.events
+        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
+                                                                 header_encoding=None))
+        c.initiate_connection()
+        conn.sendall(c.data_to_send())
+        bodies: dict[int, bytes] = {}
+        trailers: dict[int, list] = {}
+        while data := conn.recv(65536):
+            for ev in c.receive_data(data):
+                if isinstance(ev, h2.events.DataReceived):
+                    bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
+                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.TrailersReceived):
+                    trailers[ev.stream_id] = ev.headers
+                elif isinstance(ev, h2.events.StreamEnded):
+                    sid = ev.stream_id
+                    got = dict(trailers.get(sid, []))
+                    c.send_headers(sid, [(b":status", b"200")])
+                    c.send_data(sid, bodies.get(sid, b""))
+                    c.send_headers(sid, [(b"grpc-status", b"0"),
+                                         (b"x-got-trailer", got.get(b"x-req-trailer", b"-"))],
+                                   end_stream=True)
+            conn.sendall(c.data_to_send())
+        conn.close()
+
+    def stop(self):
+        self.sock.close()
+
+
+def test_goaway_on_shutdown_lets_streams_finish(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address) | {"drain_timeout": "5s"})
+    # nghttp (nghttp2's client) prints every frame it receives.
+    client = subprocess.Popen(["nghttp", "-v", "-n", gm.url + "/delay/1"],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    gm.stopped_by_test = True
+    gm.proc.send_signal(signal.SIGTERM)
+    out = client.communicate(timeout=10)[0]
+    assert client.returncode == 0, out
+    goaway = re.search(r"recv GOAWAY frame.*\n.*last_stream_id=(\d+), error_code=(\w+)", out)
+    assert goaway and goaway.groups() == ("13", "NO_ERROR"), out  # nghttp's first stream is 13
+    assert out.index("recv GOAWAY") < out.index(":status: 200"), out  # the answer came after
+    assert gm.proc.wait(10) == 0
+
+
+def test_upstream_goaway_moves_new_streams_to_a_new_connection(upstream, start_mesh, tmp_path):
+    port = free_port()
+    proc = start_nginx(tmp_path, "h2c-goaway", 1, h2c_proxy_server(port, upstream.port, 10))
+    wait_port(port, proc)
+    try:
+        cfg = h2_config(f"127.0.0.1:{port}", listener="http1", cluster="http2")
+        gm = start_mesh(cfg)
+        out = subprocess.run(["h2load", "-n", "300", "-c", "10", "--h1", gm.url + "/"],
+                             capture_output=True, text=True, timeout=60).stdout
+        assert "300 succeeded, 0 failed, 0 errored" in out, out
+        assert "status codes: 300 2xx" in out, out
+        admin = int(cfg["admin"]["address"].rsplit(":", 1)[1])
+        stats = http.client.HTTPConnection("127.0.0.1", admin)
+        stats.request("GET", "/stats")
+        text = stats.getresponse().read().decode()
+        total = int(re.search(r"cluster.backend.upstream_cx_total: (\d+)", text).group(1))
+        assert total >= 30, text  # nginx says GOAWAY after every 10 requests
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_auto_listener_serves_h2c_and_http1_on_one_port(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address, listener="auto"))
+    assert curl("--http2-prior-knowledge", gm.url + "/").stdout == b"hello from up1\n"
+    assert curl("--http1.1", gm.url + "/").stdout == b"hello from up1\n"
+    out = raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200")
+
+
+def test_h2_protocol_errors_get_goaway_and_spare_other_connections(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address))
+    good = H2Client(gm.port())
+    # A preface, then a DATA frame on stream 0 (connection-level DATA is a PROTOCOL_ERROR).
+    out = raw_request(gm.port(), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+                      b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+                      b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc")
+    assert b"\x07" in out  # a GOAWAY frame (type 7) came back before the close
+    sid = good.request("GET", "/")
+    good.pump(lambda: good.done(sid))
+    assert good.responses[sid].status == 200
+    good.close()
