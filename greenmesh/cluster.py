@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import gevent
 
-from greenmesh import model
+from greenmesh import model, tls
 from greenmesh.lb import POLICIES
 from greenmesh.pool import Pool, make_pool
 from greenmesh.stats import Stats
@@ -45,7 +45,7 @@ class ClusterSnapshot:
 def _pool_settings(c: model.Cluster) -> tuple:
     """What a pool depends on: a change here means new pools, not reused ones."""
     return (c.protocol, c.connect_timeout, c.max_connections, c.max_pending_requests,
-            c.idle_timeout)
+            c.idle_timeout, c.tls)
 
 
 class ClusterManager:
@@ -71,9 +71,12 @@ class ClusterManager:
         if old is not None and _pool_settings(old.config) == _pool_settings(config):
             reusable = {h.address: h.pool for h in old.hosts}
         protocol = self._registry.get(config.protocol)
+        ctx = (tls.client_context(config.tls, [protocol.alpn] if protocol.alpn else [])
+               if config.tls else None)
         hosts = []
         for ep in config.endpoints:
-            pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config, self._stats)
+            pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
+                                                         self._stats, ctx)
             hosts.append(Host(ep.address, ep.weight, pool))
         return ClusterSnapshot(config, tuple(hosts))
 

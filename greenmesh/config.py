@@ -7,6 +7,7 @@ Unknown keys are errors, like Envoy's strict parsing: a typo must not silently b
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -147,9 +148,52 @@ def _path_prefix(value: Any) -> str:
     return value
 
 
+def _readable_file(value: Any) -> str:
+    value = _string(value)
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as e:
+        raise _Invalid(f"cannot read {value}: {e.strerror}") from None
+    return value
+
+
+def _tls_server(r: _Reader, v: Any, path: str) -> model.TlsServer | None:
+    obj = r.mapping(v, path, ("certificate_chain", "private_key"))
+    if obj is None:
+        return None
+    chain = r.field(obj, path, "certificate_chain", _readable_file)
+    key = r.field(obj, path, "private_key", _readable_file)
+    if chain is None or key is None:
+        return None
+    try:  # the stdlib context, only to check that the pair loads
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(chain, key)
+    except (ssl.SSLError, OSError) as e:
+        r.error(path, f"certificate and key do not load: {e}")
+        return None
+    return model.TlsServer(chain, key)
+
+
+def _tls_client(r: _Reader, v: Any, path: str) -> model.TlsClient | None:
+    obj = r.mapping(v, path, ("sni", "ca"))
+    if obj is None:
+        return None
+    sni = r.field(obj, path, "sni", _string, "")
+    ca = r.field(obj, path, "ca", _readable_file, "")
+    return None if sni is None or ca is None else model.TlsClient(sni, ca)
+
+
+def _optional(r: _Reader, obj: dict, path: str, key: str, build) -> Any:
+    """A nested optional section: None when absent, ... when present but invalid."""
+    if obj.get(key) is None:
+        return None
+    built = build(r, obj[key], _join(path, key))
+    return ... if built is None else built
+
+
 def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
     keys = ("name", "address", "protocol", "route_config", "max_connections",
-            "max_request_headers_kb", "idle_timeout", "access_log")
+            "max_request_headers_kb", "idle_timeout", "access_log", "tls")
     obj = r.mapping(v, path, keys)
     if obj is None:
         return None
@@ -166,7 +210,10 @@ def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
         idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
         access_log=r.field(obj, path, "access_log", _boolean, True),
     )
-    return None if None in values.values() else model.Listener(**values)
+    tls = _optional(r, obj, path, "tls", _tls_server)
+    if None in values.values() or tls is ...:
+        return None
+    return model.Listener(tls=tls, **values)
 
 
 def _route(r: _Reader, v: Any, path: str) -> model.Route | None:
@@ -255,7 +302,7 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
 
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
-            "max_pending_requests", "idle_timeout")
+            "max_pending_requests", "idle_timeout", "tls")
     obj = r.mapping(v, path, keys)
     if obj is None:
         return None
@@ -273,9 +320,10 @@ def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
                                      d["max_pending_requests"].default),
         idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
     )
-    if None in values.values() or None in endpoints:
+    tls = _optional(r, obj, path, "tls", _tls_client)
+    if None in values.values() or None in endpoints or tls is ...:
         return None
-    return model.Cluster(endpoints=tuple(endpoints), **values)
+    return model.Cluster(endpoints=tuple(endpoints), tls=tls, **values)
 
 
 def _unique(r: _Reader, items: list, paths: list[str], what: str) -> None:

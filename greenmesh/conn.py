@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket as _stdsocket
 import time
 
-from gevent import socket
+from gevent import socket, ssl
 
 READ_SIZE = 65536
 
@@ -26,7 +26,7 @@ class Conn:
     """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "created", "busy", "on_drain")
+                 "_pending", "_timeout", "created", "busy", "on_drain", "tls")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -43,6 +43,7 @@ class Conn:
         self.busy = False
         # Set by a multiplexed server codec: how to tell the peer to stop opening streams.
         self.on_drain = None
+        self.tls = False
         sock.settimeout(timeout)
         try:
             sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
@@ -50,15 +51,40 @@ class Conn:
             pass
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float) -> Conn:
-        """Opens a connection, raising ConnTimeout or ConnError (refused, unreachable)."""
+    def connect(cls, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None,
+                server_hostname: str = "") -> Conn:
+        """Opens a connection (and TLS on it, within the same timeout), raising ConnTimeout or
+        ConnError (refused, unreachable, handshake or verification failed)."""
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as e:
             raise ConnTimeout(f"connect to {host}:{port} timed out") from e
         except OSError as e:
             raise ConnError(f"connect to {host}:{port}: {e.strerror or e}") from e
-        return cls(sock, (host, port))
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock, server_hostname=server_hostname or host,
+                                       do_handshake_on_connect=False)
+                sock.do_handshake()
+            except (OSError, ValueError) as e:
+                sock.close()
+                raise ConnError(f"TLS to {host}:{port}: {e}") from e
+        conn = cls(sock, (host, port))
+        conn.tls = tls is not None
+        return conn
+
+    def accept_tls(self, ctx: ssl.SSLContext, timeout: float) -> str | None:
+        """Server side of the handshake; returns the ALPN protocol the client chose."""
+        try:
+            sock = ctx.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+            sock.settimeout(timeout)
+            sock.do_handshake()
+        except (OSError, ValueError) as e:
+            raise ConnError(f"TLS handshake: {e}") from e
+        self.sock = sock
+        self.tls = True
+        sock.settimeout(self._timeout)
+        return sock.selected_alpn_protocol()
 
     def read(self, timeout: float | None = -1.0) -> bytes:
         """Returns what is available (at most READ_SIZE), blocking until something is."""
@@ -108,6 +134,8 @@ class Conn:
         """True if the peer sent something or closed: an idle pooled connection must not be."""
         if self.closed or self._pending:
             return True
+        if self.tls:
+            return self._tls_readable_or_closed()
         try:
             # The raw socket: gevent's own recv would wait on EAGAIN instead of reporting it.
             self.sock._sock.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
@@ -116,6 +144,22 @@ class Conn:
             return False
         except OSError:
             return True
+
+    def _tls_readable_or_closed(self) -> bool:
+        """Over TLS, unread bytes may be harmless records (a TLS 1.3 session ticket): read
+        without blocking and see whether application data or the end comes out."""
+        sock = self.sock
+        if sock.pending():
+            return True
+        try:
+            sock.settimeout(0.0)
+            return sock.recv(1) is not None  # data (unexpected) or b"" (closed): unusable
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, TimeoutError):
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(self._timeout)
 
     def shutdown_write(self) -> None:
         try:

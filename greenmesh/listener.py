@@ -7,7 +7,7 @@ import structlog
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from greenmesh import model
+from greenmesh import model, tls
 from greenmesh.conn import Conn, ConnError
 from greenmesh.proxy import Proxy
 from greenmesh.stats import Stats
@@ -19,6 +19,7 @@ log = structlog.get_logger("greenmesh.listener")
 # Bytes a protocol may need to see before it can be told apart from the others.
 SNIFF_LIMIT = 64
 SNIFF_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 10.0
 
 
 class Listener:
@@ -30,6 +31,10 @@ class Listener:
         self._protocol: Protocol | None = (
             None if config.protocol == "auto" else registry.get(config.protocol))
         self._candidates = registry.names()
+        offered = [self._protocol] if self._protocol else [registry.get(n) for n in self._candidates]
+        self._tls = (tls.server_context(config.tls, [p.alpn for p in offered if p.alpn])
+                     if config.tls else None)
+        self._scheme = b"https" if config.tls else b"http"
         self._conns: set[Conn] = set()
         self._draining = False
         self._server: StreamServer | None = None
@@ -61,9 +66,13 @@ class Listener:
         self._conns.add(conn)
         stats.inc(self._prefix + "downstream_cx_total")
         try:
-            protocol = self._protocol or self._detect(conn)
+            if self._tls is not None:
+                alpn = conn.accept_tls(self._tls, HANDSHAKE_TIMEOUT)
+                protocol = self.registry.by_alpn(alpn) or self._protocol or self._detect(conn)
+            else:
+                protocol = self._protocol or self._detect(conn)
             if protocol is not None:
-                opts = ServerOptions(peer=peer,
+                opts = ServerOptions(peer=peer, scheme=self._scheme,
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
                                      idle_timeout=self.config.idle_timeout,
                                      draining=self._draining_now)

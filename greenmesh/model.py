@@ -25,6 +25,24 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsServer:
+    """A listener's certificate (PEM files)."""
+
+    certificate_chain: str
+    private_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class TlsClient:
+    """TLS towards a cluster's hosts. With ``ca`` the chain and the name are verified (against
+    ``sni``, else the host); without it nothing is verified, as in Envoy without a
+    validation context."""
+
+    sni: str = ""
+    ca: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...] = ()
@@ -36,6 +54,7 @@ class Cluster:
     max_pending_requests: int = 1024
     # Idle pooled connections are closed after this long.
     idle_timeout: float = 60.0
+    tls: TlsClient | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +100,7 @@ class Listener:
     max_request_headers_kb: int = 60
     idle_timeout: float = 300.0
     access_log: bool = True
+    tls: TlsServer | None = None
 
 
 @dataclass(frozen=True, slots=True)

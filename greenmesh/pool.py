@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 
+from gevent import ssl
 from gevent.event import AsyncResult
 from gevent.timeout import Timeout
 
@@ -35,8 +36,9 @@ class PoolClosed(Exception):
 
 class _Pool:
     def __init__(self, address: model.Address, protocol: Protocol, settings: model.Cluster,
-                 stats: Stats):
+                 stats: Stats, tls: ssl.SSLContext | None = None):
         self.address = address
+        self.tls = tls
         self.protocol = protocol
         self.settings = settings
         self.stats = stats
@@ -58,7 +60,8 @@ class _Pool:
         self.stats.inc(self._k_cx)
         try:
             conn = Conn.connect(self.address.host, self.address.port,
-                                self.settings.connect_timeout)
+                                self.settings.connect_timeout, self.tls,
+                                self.settings.tls.sni if self.settings.tls else "")
         except ConnError as e:
             self._open -= 1
             self.stats.inc(self._k_fail)
@@ -238,6 +241,6 @@ Pool = ExclusivePool | MultiplexPool
 
 
 def make_pool(address: model.Address, protocol: Protocol, settings: model.Cluster,
-              stats: Stats) -> Pool:
+              stats: Stats, tls: ssl.SSLContext | None = None) -> Pool:
     cls = MultiplexPool if protocol.multiplexed else ExclusivePool
-    return cls(address, protocol, settings, stats)
+    return cls(address, protocol, settings, stats, tls)

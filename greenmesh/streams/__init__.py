@@ -28,6 +28,8 @@ class Protocol:
     client: Callable[[Conn], ClientConnection]
     #: Multiplexed protocols share an upstream connection between streams.
     multiplexed: bool = False
+    #: The TLS ALPN protocol id ("h2", "http/1.1"), if the protocol has one.
+    alpn: str | None = None
 
 
 class Registry:
@@ -45,6 +47,12 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._protocols)
+
+    def by_alpn(self, alpn: str | None) -> Protocol | None:
+        for protocol in self._protocols.values():
+            if alpn is not None and protocol.alpn == alpn:
+                return protocol
+        return None
 
     def detect(self, data: bytes, candidates: Iterable[str]) -> Protocol | Match:
         """The first candidate that matches, Match.AGAIN if one might with more bytes, else NO."""

@@ -452,4 +452,4 @@ class Http1ClientStream(ClientStream):
 
 
 PROTOCOL = Protocol(name="http1", match=match, serve=serve, client=Http1ClientConnection,
-                    multiplexed=False)
+                    multiplexed=False, alpn="http/1.1")

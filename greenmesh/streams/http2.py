@@ -657,4 +657,4 @@ class Http2ClientStream(ClientStream):
 
 
 PROTOCOL = Protocol(name="http2", match=match, serve=serve, client=Http2ClientConnection,
-                    multiplexed=True)
+                    multiplexed=True, alpn="h2")
