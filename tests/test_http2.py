@@ -13,6 +13,7 @@ import pytest
 
 from greenmesh.testing.nginx import h2c_proxy_server, start_nginx
 from tests.h2client import H2Client
+from tests.h2server import H2Upstream
 from tests.harness import free_port, mesh_config, raw_request, rss_kb, wait_port
 
 
@@ -129,10 +130,8 @@ def test_client_reset_cancels_the_upstream_request(upstream, start_mesh):
     c.close()
 
 
-def test_trailers_pass_both_ways(start_mesh, tmp_path):
-    # grpc-style: the upstream (h2c, via greenmesh's own client) answers with trailers.
-    import grpc  # noqa: F401 - the grpc matrix below covers real gRPC; here only trailers
-    up = H2EchoTrailers()
+def test_trailers_pass_both_ways(start_mesh):
+    up = H2Upstream()
     gm = start_mesh(h2_config(up.address, cluster="http2"))
     c = H2Client(gm.port())
     sid = c.request("POST", "/t", body=b"abc", headers=[("te", "trailers")], end=False)
@@ -146,58 +145,26 @@ def test_trailers_pass_both_ways(start_mesh, tmp_path):
     up.stop()
 
 
-class H2EchoTrailers:
-    """A tiny h2c upstream (plain h2 on a thread): echoes the body, answers request trailers
-    with response trailers."""
-
-    def __init__(self):
-        import socket
-        import threading
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        import threading
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
-        import h2.config
-        import h2.connection
-        import h2.events
-        c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                                 header_encoding=None))
-        c.initiate_connection()
-        conn.sendall(c.data_to_send())
-        bodies: dict[int, bytes] = {}
-        trailers: dict[int, list] = {}
-        while data := conn.recv(65536):
-            for ev in c.receive_data(data):
-                if isinstance(ev, h2.events.DataReceived):
-                    bodies[ev.stream_id] = bodies.get(ev.stream_id, b"") + ev.data
-                    c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, h2.events.TrailersReceived):
-                    trailers[ev.stream_id] = ev.headers
-                elif isinstance(ev, h2.events.StreamEnded):
-                    sid = ev.stream_id
-                    got = dict(trailers.get(sid, []))
-                    c.send_headers(sid, [(b":status", b"200")])
-                    c.send_data(sid, bodies.get(sid, b""))
-                    c.send_headers(sid, [(b"grpc-status", b"0"),
-                                         (b"x-got-trailer", got.get(b"x-req-trailer", b"-"))],
-                                   end_stream=True)
-            conn.sendall(c.data_to_send())
-        conn.close()
-
-    def stop(self):
-        self.sock.close()
+def test_peer_stream_limit_opens_connections_and_a_dead_one_fails_only_its_own(start_mesh):
+    up = H2Upstream(max_streams=1)
+    gm = start_mesh(h2_config(up.address, cluster="http2"))
+    c = H2Client(gm.port())
+    warm = c.request("GET", "/warm")
+    c.pump(lambda: c.done(warm))  # greenmesh learns the upstream's limit: 1 stream a connection
+    slow = c.request("GET", "/slow")
+    time.sleep(0.1)
+    dying = c.request("GET", "/die")
+    c.pump(lambda: c.done(slow, dying))
+    assert c.responses[slow].status == 200 and bytes(c.responses[slow].body) == b"/slow"
+    assert c.responses[dying].status == 502
+    assert up.connections == 2
+    # Two streams at once again: the dead connection is replaced by a third.
+    again, after = c.request("GET", "/slow"), c.request("GET", "/after")
+    c.pump(lambda: c.done(again, after))
+    assert c.responses[again].status == 200 and c.responses[after].status == 200
+    assert up.connections == 3
+    c.close()
+    up.stop()
 
 
 def test_goaway_on_shutdown_lets_streams_finish(upstream, start_mesh):

@@ -1,0 +1,97 @@
+"""A scriptable h2c upstream on threads (plain h2, not greenmesh), for what nginx won't do:
+a small stream limit, request trailers answered with trailers, a connection killed mid-flight."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
+
+class H2Upstream:
+    def __init__(self, max_streams: int = 100):
+        self.max_streams = max_streams
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=_Conn(conn, self.max_streams).serve, daemon=True).start()
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+class _Conn:
+    def __init__(self, sock: socket.socket, max_streams: int):
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None))
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams})
+        self.h2.initiate_connection()
+        self.bodies: dict[int, bytes] = {}
+        self.trailers: dict[int, dict] = {}
+        self.paths: dict[int, bytes] = {}
+
+    def send(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def serve(self) -> None:
+        with self.lock:
+            self.send()
+        try:
+            while data := self.sock.recv(65536):
+                with self.lock:
+                    for ev in self.h2.receive_data(data):
+                        self.on_event(ev)
+                    self.send()
+        except OSError:
+            pass
+        self.sock.close()
+
+    def on_event(self, ev) -> None:
+        if isinstance(ev, h2.events.RequestReceived):
+            self.paths[ev.stream_id] = dict(ev.headers)[b":path"]
+        elif isinstance(ev, h2.events.DataReceived):
+            self.bodies[ev.stream_id] = self.bodies.get(ev.stream_id, b"") + ev.data
+            self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            self.trailers[ev.stream_id] = dict(ev.headers)
+        elif isinstance(ev, h2.events.StreamEnded):
+            path = self.paths[ev.stream_id]
+            if path == b"/die":  # the whole connection goes, mid-flight
+                threading.Timer(0.2, self.sock.shutdown, (socket.SHUT_RDWR,)).start()
+            elif path == b"/slow":
+                threading.Timer(0.5, self.answer, (ev.stream_id,)).start()
+            else:
+                self.answer(ev.stream_id, locked=True)
+
+    def answer(self, sid: int, locked: bool = False) -> None:
+        if not locked:
+            with self.lock:
+                self.answer(sid, locked=True)
+                self.send()
+            return
+        got = self.trailers.get(sid, {})
+        self.h2.send_headers(sid, [(b":status", b"200"), (b"x-conn", b"%d" % id(self))])
+        self.h2.send_data(sid, self.bodies.get(sid, b"") or self.paths[sid])
+        self.h2.send_headers(sid, [(b"grpc-status", b"0"),
+                                   (b"x-got-trailer", got.get(b"x-req-trailer", b"-"))],
+                             end_stream=True)
