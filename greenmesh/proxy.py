@@ -19,6 +19,7 @@ from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
 from greenmesh.streams.base import (
     WOULD_BLOCK,
+    Chunk,
     ClientStream,
     DownstreamError,
     ResponseHead,
@@ -58,6 +59,57 @@ class _Exchange:
         self.replay: list[bytes] = []
         self.replay_ok = True
         self.error = ""
+
+
+def _ignore(_: bytes) -> None:
+    pass
+
+
+class _Relay:
+    """Moves one body from a source stream to a destination stream.
+
+    Chunks go on as they come; the last one is held back so that it carries the end of the
+    stream (no empty end-of-stream frame in HTTP/2, no separate write in HTTP/1.1); whenever
+    the source would block, what is buffered is flushed first, so nothing waits on a stall.
+    """
+
+    __slots__ = ("read", "src", "dst", "on_chunk", "held")
+
+    def __init__(self, read: Callable[[bool], Chunk], src, dst, on_chunk: Callable[[bytes], None]):
+        self.read = read
+        self.src = src  # where the trailers come from
+        self.dst = dst
+        self.on_chunk = on_chunk
+        self.held: bytes | None = None
+
+    def run(self, block: bool) -> bool:
+        """True once the body ended; False if not blocking and the source would block."""
+        read, dst = self.read, self.dst
+        while True:
+            chunk = read(False)
+            if chunk is WOULD_BLOCK:
+                if self.held is not None:
+                    dst.send_data(self.held, end_stream=False)
+                    self.held = None
+                dst.flush()
+                if not block:
+                    return False
+                chunk = read(True)
+            if chunk is None:
+                break
+            self.on_chunk(chunk)
+            if self.held is not None:
+                dst.send_data(self.held, end_stream=False)
+            self.held = chunk
+        held, self.held = self.held, None
+        trailers = self.src.trailers
+        if trailers:
+            if held is not None:
+                dst.send_data(held, end_stream=False)
+            dst.send_trailers(trailers)
+        else:
+            dst.send_data(held if held is not None else b"", end_stream=True)
+        return True
 
 
 class _LocalReply(Exception):
@@ -207,13 +259,15 @@ class Proxy:
             cs.send_headers(head, end_stream=True)
         elif attempt == 2:  # the whole body is in the replay buffer
             cs.send_headers(head, end_stream=False)
-            for chunk in ex.replay:
-                cs.send_data(chunk, end_stream=False)
-            self._finish_request(stream, cs)
+            replay = iter(ex.replay)
+            _Relay(lambda block: next(replay, None), stream, cs, _ignore).run(block=True)
         else:
             cs.send_headers(head, end_stream=False)
-            if not self._send_buffered_body(stream, cs, ex):
-                pump = gevent.spawn(self._pump_request, stream, cs, ex)
+            relay = _Relay(stream.read_body, stream, cs, lambda chunk: self._keep(ex, chunk))
+            if relay.run(block=False):  # the whole body was already here
+                ex.body_done_at = _monotonic()
+            else:
+                pump = gevent.spawn(self._pump_request, relay, cs, ex)
         try:
             resp = self._await_response(stream, cs, ex, timeout)
             while resp.status < 200:
@@ -255,34 +309,11 @@ class Proxy:
                     raise
                 # Still uploading: the clock has not started yet.
 
-    def _send_buffered_body(self, stream: ServerStream, cs: ClientStream, ex: _Exchange) -> bool:
-        """Sends what body is already here without blocking; True if that was all of it."""
-        while True:
-            chunk = stream.read_body(block=False)
-            if chunk is WOULD_BLOCK:
-                cs.flush()
-                return False
-            if chunk is None:
-                self._finish_request(stream, cs)
-                ex.body_done_at = _monotonic()
-                return True
-            self._keep(ex, chunk)
-            cs.send_data(chunk, end_stream=False)
-
-    def _pump_request(self, stream: ServerStream, cs: ClientStream, ex: _Exchange) -> None:
+    def _pump_request(self, relay: _Relay, cs: ClientStream, ex: _Exchange) -> None:
         """Streams the request body upstream while the main greenlet waits for the response."""
         try:
-            while True:
-                chunk = stream.read_body(block=False)
-                if chunk is WOULD_BLOCK:
-                    cs.flush()
-                    chunk = stream.read_body()
-                if chunk is None:
-                    self._finish_request(stream, cs)
-                    ex.body_done_at = _monotonic()
-                    return
-                self._keep(ex, chunk)
-                cs.send_data(chunk, end_stream=False)
+            relay.run(block=True)
+            ex.body_done_at = _monotonic()
         except DownstreamError as e:
             ex.downstream_error = e
             ex.error = str(e)
@@ -300,42 +331,33 @@ class Proxy:
                 ex.replay_ok = False
                 ex.replay = []
 
-    @staticmethod
-    def _finish_request(stream: ServerStream, cs: ClientStream) -> None:
-        if stream.trailers:
-            cs.send_trailers(stream.trailers)
-        else:
-            cs.send_data(b"", end_stream=True)
-
     def _respond(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                  resp: ResponseHead, timeout: float | None) -> None:
         deadline = (ex.body_done_at or _monotonic()) + timeout if timeout else None
         out = ResponseHead(resp.status, clean_response_headers(resp.headers), resp.reason)
-        chunk = cs.read_body(None, block=False)
-        if chunk is None and not cs.trailers:
+        first = cs.read_body(None, block=False)
+        if first is None and not cs.trailers:
             stream.send_headers(out, end_stream=True)
             return
         stream.send_headers(out, end_stream=False)
+
+        def read(block: bool):
+            return cs.read_body(_remaining(deadline) if block else None, block)
+
+        def count(chunk: bytes) -> None:
+            ex.bytes_out += len(chunk)
+        relay = _Relay(read, cs, stream, count)
+        if first is not None and first is not WOULD_BLOCK:
+            count(first)
+            relay.held = first
         try:
-            while chunk is not None:
-                if chunk is WOULD_BLOCK:
-                    stream.flush()
-                    chunk = cs.read_body(_remaining(deadline))
-                    continue
-                ex.bytes_out += len(chunk)
-                stream.send_data(chunk, end_stream=False)
-                chunk = cs.read_body(None, block=False)
+            relay.run(block=True)
         except (StreamReset, StreamTimeout) as e:
             # Too late for a status: the client sees the response cut short.
             ex.flags = "UT" if isinstance(e, StreamTimeout) else "UC"
             ex.error = str(e)
             stream.reset(ex.flags)
             cs.reset(ex.flags)
-            return
-        if cs.trailers:
-            stream.send_trailers(cs.trailers)
-        else:
-            stream.send_data(b"", end_stream=True)
 
     def _tunnel(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                 resp: ResponseHead) -> None:
