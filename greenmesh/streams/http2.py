@@ -567,9 +567,6 @@ class Http2ClientConnection(_H2Connection, ClientConnection):
         self.streams_opened += 1
         return Http2ClientStream(self, on_finish, self.streams_opened > 1)
 
-    def close(self, reason: str) -> None:
-        super().close(reason)
-
 
 class Http2ClientStream(ClientStream):
     __slots__ = ("c", "s", "on_finish", "reused", "trailers", "_finished", "_body_done")
