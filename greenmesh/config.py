@@ -17,8 +17,8 @@ from greenmesh import model
 
 T = TypeVar("T")
 
-HTTP_PROTOCOLS = ("http1", "http2")
-LISTENER_PROTOCOLS = (*HTTP_PROTOCOLS, "auto")
+PROTOCOLS = ("http1", "http2", "bolt")
+LISTENER_PROTOCOLS = (*PROTOCOLS, "auto")
 LB_POLICIES = ("round_robin",)
 
 
@@ -127,6 +127,12 @@ def _positive_int(value: Any) -> int:
     return value
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _Invalid("expected a whole number, 0 or more")
+    return value
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid("expected true or false")
@@ -216,20 +222,68 @@ def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
     return model.Listener(tls=tls, **values)
 
 
+_STRING_MATCHERS = ("exact", "prefix", "suffix", "safe_regex")
+_LEGACY_MATCHERS = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
+                    "safe_regex_match": "safe_regex"}
+
+
+def _regex(value: Any) -> str:
+    if isinstance(value, dict):  # Envoy's {regex: ...} (google_re2 options are ignored)
+        value = value.get("regex")
+    value = _string(value)
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise _Invalid(f"invalid regex: {e}") from None
+    return value
+
+
+def _header_matcher(r: _Reader, v: Any, path: str) -> model.HeaderMatcher | None:
+    obj = r.mapping(v, path, ("name", "string_match", "present_match", "invert_match",
+                              *_LEGACY_MATCHERS))
+    if obj is None:
+        return None
+    name = r.field(obj, path, "name", _string)
+    invert = r.field(obj, path, "invert_match", _boolean, False)
+    present = r.field(obj, path, "present_match", _boolean, True)
+    kinds: dict[str, Any] = {}
+    if obj.get("string_match") is not None:
+        spath = _join(path, "string_match")
+        sm = r.mapping(obj["string_match"], spath, _STRING_MATCHERS)
+        for kind in _STRING_MATCHERS if sm is not None else ():
+            if sm.get(kind) is not None:
+                kinds[kind] = r.field(sm, spath, kind, _regex if kind == "safe_regex" else str)
+    for legacy, kind in _LEGACY_MATCHERS.items():
+        if obj.get(legacy) is not None:
+            kinds[kind] = r.field(obj, path, legacy, _regex if kind == "safe_regex" else str)
+    if len(kinds) > 1:
+        r.error(path, "expected one matcher (string_match with one of exact, prefix, suffix, "
+                      "safe_regex; or a legacy *_match key)")
+        return None
+    if name is None or invert is None or present is None or None in kinds.values():
+        return None
+    return model.HeaderMatcher(name=name.lower(), exact=kinds.get("exact"),
+                               prefix=kinds.get("prefix"), suffix=kinds.get("suffix"),
+                               regex=kinds.get("safe_regex"), present=present, invert=invert)
+
+
 def _route(r: _Reader, v: Any, path: str) -> model.Route | None:
     obj = r.mapping(v, path, ("name", "match", "route"))
     if obj is None:
         return None
     match = action = None
     mpath = _join(path, "match")
-    m = r.mapping(obj.get("match"), mpath, ("prefix", "path"))
+    m = r.mapping(obj.get("match"), mpath, ("prefix", "path", "headers"))
     if m is not None:
         prefix = r.field(m, mpath, "prefix", _path_prefix, None)
         exact = r.field(m, mpath, "path", _path_prefix, None)
-        if (prefix is None) == (exact is None):
-            r.error(mpath, "expected exactly one of prefix, path")
-        else:
-            match = model.RouteMatch(prefix=prefix, path=exact)
+        headers = [_header_matcher(r, h, p) for p, h in r.items(m, mpath, "headers")]
+        if prefix is not None and exact is not None:
+            r.error(mpath, "expected at most one of prefix, path")
+        elif prefix is None and exact is None and not headers:
+            r.error(mpath, "expected one of prefix, path, or headers")
+        elif None not in headers:
+            match = model.RouteMatch(prefix=prefix, path=exact, headers=tuple(headers))
     apath = _join(path, "route")
     a = r.mapping(obj.get("route"), apath, ("cluster", "timeout"))
     if a is not None:
@@ -302,7 +356,8 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
 
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
-            "max_pending_requests", "idle_timeout", "tls")
+            "max_pending_requests", "idle_timeout", "tls", "max_concurrent_streams",
+            "keepalive_interval")
     obj = r.mapping(v, path, keys)
     if obj is None:
         return None
@@ -310,15 +365,19 @@ def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     endpoints = [_endpoint(r, e, p) for p, e in r.items(obj, path, "endpoints")]
     values = dict(
         name=r.field(obj, path, "name", _string),
-        protocol=r.field(obj, path, "protocol", _one_of(HTTP_PROTOCOLS), d["protocol"].default),
+        protocol=r.field(obj, path, "protocol", _one_of(PROTOCOLS), d["protocol"].default),
         lb_policy=r.field(obj, path, "lb_policy", _one_of(LB_POLICIES), d["lb_policy"].default),
         connect_timeout=r.field(obj, path, "connect_timeout", parse_duration,
                                 d["connect_timeout"].default),
         max_connections=r.field(obj, path, "max_connections", _positive_int,
                                 d["max_connections"].default),
-        max_pending_requests=r.field(obj, path, "max_pending_requests", _positive_int,
+        max_pending_requests=r.field(obj, path, "max_pending_requests", _count,
                                      d["max_pending_requests"].default),
         idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
+        max_concurrent_streams=r.field(obj, path, "max_concurrent_streams", _positive_int,
+                                       d["max_concurrent_streams"].default),
+        keepalive_interval=r.field(obj, path, "keepalive_interval", parse_duration,
+                                   d["keepalive_interval"].default),
     )
     tls = _optional(r, obj, path, "tls", _tls_client)
     if None in values.values() or None in endpoints or tls is ...:

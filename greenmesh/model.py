@@ -55,12 +55,31 @@ class Cluster:
     # Idle pooled connections are closed after this long.
     idle_timeout: float = 60.0
     tls: TlsClient | None = None
+    # Multiplexed protocols: streams one connection carries at most (HTTP/2: also the peer's).
+    max_concurrent_streams: int = 100
+    # RPC protocols with heartbeats (bolt): an idle connection is probed this often and closed
+    # when a probe goes unanswered for as long.
+    keepalive_interval: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """Envoy's v3 header matcher: one of exact/prefix/suffix/regex, or presence alone."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    regex: str | None = None  # a full match, like Envoy's safe_regex
+    present: bool = True
+    invert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RouteMatch:
     prefix: str | None = None
     path: str | None = None
+    headers: tuple[HeaderMatcher, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

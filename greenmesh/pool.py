@@ -67,7 +67,7 @@ class _Pool:
             self.stats.inc(self._k_fail)
             self._wake(None)
             raise ConnectFailure(str(e)) from None
-        return self.protocol.client(conn)
+        return self.protocol.client(conn, self.settings)
 
     def _wait(self, timeout: float | None) -> ClientConnection | None:
         """Queues for a connection (or a free slot: None) until one is released."""

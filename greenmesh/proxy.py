@@ -334,7 +334,8 @@ class Proxy:
     def _respond(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                  resp: ResponseHead, timeout: float | None) -> None:
         deadline = (ex.body_done_at or _monotonic()) + timeout if timeout else None
-        out = ResponseHead(resp.status, clean_response_headers(resp.headers), resp.reason)
+        out = ResponseHead(resp.status, clean_response_headers(resp.headers), resp.reason,
+                           resp.native)
         first = cs.read_body(None, block=False)
         if first is None and not cs.trailers:
             stream.send_headers(out, end_stream=True)

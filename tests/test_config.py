@@ -75,7 +75,7 @@ def test_validate_reports_every_error_with_its_path(tmp_path):
                  .replace("protocol: http1, route", "protocol: gopher, route"))
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.splitlines() == [
-        "listeners[0].protocol: expected one of http1, http2, auto",
+        "listeners[0].protocol: expected one of http1, http2, bolt, auto",
         "route_configs[0].virtual_hosts[0].routes[0].route.timeout: "
         "expected a duration such as 15s or 250ms",
         "clusters[0].endpoints[0].address: expected host:port",

@@ -10,6 +10,7 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from greenmesh import model
 from greenmesh.conn import Conn
 from greenmesh.streams.base import ClientConnection, ServerOptions, StreamHandler
 
@@ -25,7 +26,7 @@ class Protocol:
     name: str
     match: Callable[[bytes], Match]
     serve: Callable[[Conn, ServerOptions, StreamHandler], None]
-    client: Callable[[Conn], ClientConnection]
+    client: Callable[[Conn, model.Cluster], ClientConnection]
     #: Multiplexed protocols share an upstream connection between streams.
     multiplexed: bool = False
     #: The TLS ALPN protocol id ("h2", "http/1.1"), if the protocol has one.

@@ -58,10 +58,13 @@ class DownstreamError(StreamError):
 
 
 class RequestHead:
-    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade")
+    """For RPC protocols: method = the RPC method, path = the service, authority = the target
+    application, headers = the protocol's header map."""
+
+    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade", "native")
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
-                 headers: Headers, upgrade: bytes = b""):
+                 headers: Headers, upgrade: bytes = b"", native: object = None):
         self.method = method
         self.path = path
         self.authority = authority
@@ -69,6 +72,9 @@ class RequestHead:
         self.headers = headers
         # The protocol the client asks to switch to (HTTP/1.1 ``Upgrade``), or empty.
         self.upgrade = upgrade
+        # The decoded message itself (RPC frames): a codec of the same protocol forwards it
+        # as it came, only its request id rewritten, instead of re-encoding the parts.
+        self.native = native
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         for k, v in self.headers:
@@ -78,12 +84,16 @@ class RequestHead:
 
 
 class ResponseHead:
-    __slots__ = ("status", "headers", "reason")
+    """``status`` is HTTP's (RPC codecs map theirs onto it, for the proxy and the logs)."""
 
-    def __init__(self, status: int, headers: Headers, reason: bytes = b""):
+    __slots__ = ("status", "headers", "reason", "native")
+
+    def __init__(self, status: int, headers: Headers, reason: bytes = b"",
+                 native: object = None):
         self.status = status
         self.headers = headers
         self.reason = reason
+        self.native = native
 
 
 class Tunnel(ABC):

@@ -308,7 +308,7 @@ class Http1ClientConnection(ClientConnection):
     __slots__ = ("conn", "parser", "writer", "active_streams", "requests")
     capacity = 1
 
-    def __init__(self, conn: Conn):
+    def __init__(self, conn: Conn, settings: object = None):
         self.conn = conn
         self.parser = response_parser()
         self.writer = _MessageWriter(conn, StreamReset, "upstream")

@@ -42,6 +42,7 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
+from greenmesh import model
 from greenmesh.conn import Conn, ConnError
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
@@ -540,8 +541,9 @@ class Http2ClientConnection(_H2Connection, ClientConnection):
 
     side = "upstream"
 
-    def __init__(self, conn: Conn):
+    def __init__(self, conn: Conn, settings: model.Cluster | None = None):
         super().__init__(conn, client_side=True)
+        self.max_streams = settings.max_concurrent_streams if settings else MAX_CONCURRENT_STREAMS
         self.active_streams = 0
         self.streams_opened = 0
         self._dispatch[ResponseReceived] = self._on_response
@@ -551,7 +553,7 @@ class Http2ClientConnection(_H2Connection, ClientConnection):
 
     @property
     def capacity(self) -> int:
-        return min(self.h2.remote_settings.max_concurrent_streams, MAX_CONCURRENT_STREAMS)
+        return min(self.h2.remote_settings.max_concurrent_streams, self.max_streams)
 
     @property
     def usable(self) -> bool:
