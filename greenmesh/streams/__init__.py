@@ -70,8 +70,10 @@ class Registry:
 def default_registry() -> Registry:
     """A fresh registry holding the built-in protocols (a new one per Mesh: no shared state)."""
     from greenmesh.streams import http1, http2
+    from greenmesh.streams.xprotocol import bolt
 
     registry = Registry()
     registry.register(http2.PROTOCOL)  # first: its preface is unambiguous
+    registry.register(bolt.PROTOCOL)  # then binary: protocol, type, command code and version
     registry.register(http1.PROTOCOL)
     return registry

@@ -1,0 +1,83 @@
+"""xprotocol: RPC protocols framed by request id (SOFA bolt first), MOSN's idea.
+
+A protocol implements ``XCodec`` in one module, sans-IO: spot it in the first bytes, decode a
+frame from a buffer (or say it needs more), rewrite a frame's request id, and build heartbeats
+and error responses. Everything else is written once in ``stream.py``: demultiplexing by id on
+both sides, id allocation upstream, heartbeats, errors mapped from the proxy's outcomes, and
+the proxy, router and pools are the same as for HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+
+from greenmesh.streams import Match
+from greenmesh.streams.base import Headers
+
+
+class Failure(enum.Enum):
+    """Why greenmesh answers an RPC itself; each codec maps these to its status codes."""
+
+    NO_ROUTE = "no_route"  # no route, no cluster, no healthy upstream
+    OVERLOAD = "overload"  # circuit breaker / pending-request overflow
+    CODEC = "codec"  # the request could not be decoded
+    TIMEOUT = "timeout"  # the upstream did not answer in time
+    UPSTREAM = "upstream"  # connect failure or reset
+
+
+class CodecError(Exception):
+    """Bytes that are not this protocol; ``request_id`` if the frame got that far."""
+
+    def __init__(self, message: str, request_id: int = 0):
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class XFrame:
+    """A decoded frame. ``raw`` is the whole encoded frame, so it can be forwarded as is."""
+
+    __slots__ = ("raw", "request_id", "is_request", "oneway", "heartbeat")
+
+    raw: bytes
+    request_id: int
+    is_request: bool
+    oneway: bool
+    heartbeat: bool
+
+
+class XCodec(ABC):
+    name: str
+    #: The largest request id; ids are allocated from 1 and wrap back to 1.
+    max_request_id: int = 2**32 - 1
+
+    @abstractmethod
+    def match(self, data: bytes) -> Match:
+        """Yes / need more bytes / no, from the first bytes a client sends."""
+
+    @abstractmethod
+    def decode(self, buf: bytearray, offset: int) -> tuple[XFrame | None, int]:
+        """The frame at ``offset`` and the offset after it, or (None, offset) if incomplete.
+        Raises CodecError for bytes that cannot be this protocol."""
+
+    @abstractmethod
+    def with_request_id(self, frame: XFrame, request_id: int) -> bytes:
+        """The frame's bytes, unchanged but for its request id."""
+
+    @abstractmethod
+    def heartbeat(self, request_id: int) -> bytes: ...
+
+    @abstractmethod
+    def heartbeat_reply(self, frame: XFrame) -> bytes: ...
+
+    @abstractmethod
+    def error_response(self, request_id: int, failure: Failure,
+                       request: XFrame | None = None) -> bytes: ...
+
+    @abstractmethod
+    def route_info(self, frame: XFrame) -> tuple[bytes, bytes, bytes, Headers]:
+        """(service, method, target application, header map) for the router."""
+
+    @abstractmethod
+    def http_status(self, response: XFrame) -> int:
+        """The response's status in HTTP's terms, for the proxy and the access log."""

@@ -1,0 +1,184 @@
+"""SOFA bolt v1 (SOFARPC's protocol), from the public SOFABolt wire format.
+
+Request header, 22 bytes: proto(1)=1, type(1) 1 request/2 oneway, cmdcode(2) 0 heartbeat/1
+request, ver2(1)=1, request id(4), codec(1), timeout(4, ms, -1 none), class length(2), header
+length(2), content length(4). Response header, 20 bytes: the same to codec, then status(2),
+class length(2), header length(2), content length(4). Then class name, header map (pairs of
+uint32 length + bytes), content. Big-endian throughout.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from greenmesh.streams import Match, Protocol
+from greenmesh.streams.base import Headers
+from greenmesh.streams.xprotocol import CodecError, Failure, XCodec, XFrame
+
+REQUEST = struct.Struct(">BBHBIBiHHI")
+RESPONSE = struct.Struct(">BBHBIBHHHI")
+_ID = struct.Struct(">I")
+PROTO_V1 = 1
+TYPE_RESPONSE, TYPE_REQUEST, TYPE_ONEWAY = 0, 1, 2
+CMD_HEARTBEAT, CMD_REQUEST, CMD_RESPONSE = 0, 1, 2
+HESSIAN2 = 1
+MAX_FRAME = 16 << 20  # a bigger frame is taken for garbage rather than buffered
+
+# SOFABolt ResponseStatus
+SUCCESS, ERROR, SERVER_EXCEPTION, UNKNOWN, SERVER_BUSY, ERROR_COMM, NO_PROCESSOR, TIMEOUT = range(8)
+CODEC_EXCEPTION = 9
+CONNECTION_CLOSED = 0x10
+
+_FAILURE_STATUS = {
+    Failure.NO_ROUTE: NO_PROCESSOR,
+    Failure.OVERLOAD: SERVER_BUSY,
+    Failure.CODEC: CODEC_EXCEPTION,
+    Failure.TIMEOUT: TIMEOUT,
+    Failure.UPSTREAM: ERROR_COMM,
+}
+_HTTP_STATUS = {SUCCESS: 200, SERVER_BUSY: 503, TIMEOUT: 504, NO_PROCESSOR: 404,
+                CONNECTION_CLOSED: 502, ERROR_COMM: 502}
+
+
+class BoltFrame(XFrame):
+    __slots__ = ("kind", "cmdcode", "codec", "timeout_or_status", "header_start", "header_len",
+                 "_headers")
+
+    def __init__(self, raw: bytes, fields: tuple, header_start: int):
+        _, kind, cmdcode, _, request_id, codec, tos, class_len, header_len, _ = fields
+        self.raw = raw
+        self.kind = kind
+        self.cmdcode = cmdcode
+        self.request_id = request_id
+        self.codec = codec
+        self.timeout_or_status = tos
+        self.is_request = kind != TYPE_RESPONSE
+        self.oneway = kind == TYPE_ONEWAY
+        self.heartbeat = cmdcode == CMD_HEARTBEAT
+        self.header_start = header_start + class_len
+        self.header_len = header_len
+        self._headers: Headers | None = None
+
+    @property
+    def headers(self) -> Headers:
+        """The header map, decoded on first use (routing needs it; forwarding does not)."""
+        if self._headers is None:
+            self._headers = _decode_header_map(self.raw, self.header_start, self.header_len,
+                                               self.request_id)
+        return self._headers
+
+    def get(self, key: bytes) -> bytes | None:
+        for k, v in self.headers:
+            if k == key:
+                return v
+        return None
+
+
+def _decode_header_map(raw: bytes, start: int, length: int, request_id: int) -> Headers:
+    out: Headers = []
+    pos, end = start, start + length
+    try:
+        while pos < end:
+            (klen,) = _ID.unpack_from(raw, pos)
+            key = raw[pos + 4:pos + 4 + klen]
+            pos += 4 + klen
+            (vlen,) = _ID.unpack_from(raw, pos)
+            value = raw[pos + 4:pos + 4 + vlen]
+            pos += 4 + vlen
+            out.append((key.lower(), value))
+    except struct.error:
+        raise CodecError("bad bolt header map", request_id) from None
+    if pos != end:
+        raise CodecError("bolt header map overruns its length", request_id)
+    return out
+
+
+def encode_header_map(headers: Headers) -> bytes:
+    return b"".join(_ID.pack(len(k)) + k + _ID.pack(len(v)) + v for k, v in headers)
+
+
+class BoltCodec(XCodec):
+    name = "bolt"
+
+    def match(self, data: bytes) -> Match:
+        """More than the first byte (MOSN checks only that, so HTTP bodies starting 0x01 and
+        bolt can be confused): protocol, type, command code and version must all fit."""
+        n = len(data)
+        if n == 0:
+            return Match.AGAIN
+        if data[0] != PROTO_V1:
+            return Match.NO
+        if n < 2:
+            return Match.AGAIN
+        if data[1] not in (TYPE_REQUEST, TYPE_ONEWAY):  # a client speaks first, with requests
+            return Match.NO
+        if n < 4:
+            return Match.AGAIN
+        if int.from_bytes(data[2:4], "big") not in (CMD_HEARTBEAT, CMD_REQUEST):
+            return Match.NO
+        if n < 5:
+            return Match.AGAIN
+        return Match.YES if data[4] == 1 else Match.NO
+
+    def decode(self, buf: bytearray, offset: int) -> tuple[BoltFrame | None, int]:
+        available = len(buf) - offset
+        if available < 2:
+            return None, offset
+        if buf[offset] != PROTO_V1:
+            raise CodecError(f"not bolt v1 (protocol byte {buf[offset]:#x})")
+        kind = buf[offset + 1]
+        if kind == TYPE_RESPONSE:
+            header = RESPONSE
+        elif kind in (TYPE_REQUEST, TYPE_ONEWAY):
+            header = REQUEST
+        else:
+            raise CodecError(f"unknown bolt command type {kind}")
+        if available < header.size:
+            return None, offset
+        fields = header.unpack_from(buf, offset)
+        cmdcode, request_id = fields[2], fields[4]
+        if cmdcode not in ((CMD_HEARTBEAT, CMD_RESPONSE) if kind == TYPE_RESPONSE
+                           else (CMD_HEARTBEAT, CMD_REQUEST)):
+            raise CodecError(f"bad bolt command code {cmdcode}", request_id)
+        total = header.size + fields[7] + fields[8] + fields[9]
+        if total > MAX_FRAME:
+            raise CodecError(f"bolt frame of {total} bytes is over the limit", request_id)
+        if available < total:
+            return None, offset
+        raw = bytes(buf[offset:offset + total])
+        return BoltFrame(raw, fields, header.size), offset + total
+
+    def with_request_id(self, frame: BoltFrame, request_id: int) -> bytes:
+        raw = bytearray(frame.raw)
+        _ID.pack_into(raw, 5, request_id)
+        return raw
+
+    def heartbeat(self, request_id: int) -> bytes:
+        return REQUEST.pack(PROTO_V1, TYPE_REQUEST, CMD_HEARTBEAT, 1, request_id, HESSIAN2, -1,
+                            0, 0, 0)
+
+    def heartbeat_reply(self, frame: BoltFrame) -> bytes:
+        return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_HEARTBEAT, 1, frame.request_id,
+                             frame.codec, SUCCESS, 0, 0, 0)
+
+    def error_response(self, request_id: int, failure: Failure,
+                       request: BoltFrame | None = None) -> bytes:
+        codec = request.codec if request is not None else HESSIAN2
+        return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_RESPONSE, 1, request_id, codec,
+                             _FAILURE_STATUS[failure], 0, 0, 0)
+
+    def route_info(self, frame: BoltFrame) -> tuple[bytes, bytes, bytes, Headers]:
+        service = frame.get(b"service") or frame.get(b"sofa_head_target_service") or b""
+        return (service, frame.get(b"sofa_head_method_name") or b"",
+                frame.get(b"sofa_head_target_app") or b"", frame.headers)
+
+    def http_status(self, response: BoltFrame) -> int:
+        return _HTTP_STATUS.get(response.timeout_or_status, 500)
+
+
+def _protocol() -> Protocol:
+    from greenmesh.streams.xprotocol.stream import make_protocol
+    return make_protocol(BoltCodec())
+
+
+PROTOCOL = _protocol()

@@ -1,0 +1,407 @@
+"""One multiplexed stream connection for every xprotocol codec, both sides.
+
+Server side: one reader decodes every frame of a read; heartbeats are answered on the spot;
+each request becomes a stream served in its own greenlet; responses go back as they complete,
+out of order, through a queue that one writer greenlet flushes in batches.
+
+Client side: each upstream request gets a fresh id from a per-connection counter that skips ids
+still in flight when it wraps; a reader greenlet hands each response to the stream waiting on
+that id (the server side then writes it back under the client's own id). Idle connections are
+probed with heartbeats and closed when a probe goes unanswered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import gevent
+import structlog
+from gevent.event import AsyncResult, Event
+from gevent.timeout import Timeout
+
+from greenmesh import model
+from greenmesh.conn import Conn, ConnError
+from greenmesh.streams import Protocol
+from greenmesh.streams.base import (
+    Chunk,
+    ClientConnection,
+    ClientStream,
+    DownstreamError,
+    Headers,
+    RequestHead,
+    ResponseHead,
+    ServerOptions,
+    ServerStream,
+    StreamError,
+    StreamHandler,
+    StreamReset,
+    StreamTimeout,
+    Tunnel,
+)
+from greenmesh.streams.xprotocol import CodecError, Failure, XCodec, XFrame
+
+log = structlog.get_logger("greenmesh.xprotocol")
+
+
+class _WriteQueue:
+    """Frames queued by many streams, written by one greenlet: one write per batch."""
+
+    __slots__ = ("conn", "_pending", "_wake", "_close_after", "_greenlet", "on_error")
+
+    def __init__(self, conn: Conn, on_error: Callable[[str], None]):
+        self.conn = conn
+        self.on_error = on_error
+        self._pending: list[bytes] = []
+        self._wake = Event()
+        self._close_after = ""
+        self._greenlet = gevent.spawn(self._run)
+
+    def send(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._wake.set()
+
+    def close_after_flush(self, reason: str) -> None:
+        self._close_after = reason
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._greenlet.kill(block=False)
+
+    def join(self, timeout: float) -> None:
+        self._greenlet.join(timeout=timeout)
+        if not self._greenlet.dead:
+            self._greenlet.kill(block=False)
+
+    def _run(self) -> None:
+        pending = self._pending
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                while pending:
+                    data = b"".join(pending)
+                    pending.clear()
+                    self.conn.write(data)
+                if self._close_after:
+                    self.on_error(self._close_after)
+                    return
+        except ConnError as e:
+            self.on_error(f"write failed: {e}")
+
+
+def _failure(status: int, headers: Headers) -> Failure:
+    """What the proxy's local reply (an HTTP status) means for an RPC client."""
+    if status == 504:
+        return Failure.TIMEOUT
+    if status == 503 and any(n == b"x-envoy-overloaded" for n, _ in headers):
+        return Failure.OVERLOAD
+    if status in (404, 503):
+        return Failure.NO_ROUTE
+    if status == 400:
+        return Failure.CODEC
+    return Failure.UPSTREAM
+
+
+class _ServerConnection:
+    def __init__(self, codec: XCodec, conn: Conn, opts: ServerOptions, handler: StreamHandler):
+        self.codec = codec
+        self.conn = conn
+        self.opts = opts
+        self.handler = handler
+        self.writer = _WriteQueue(conn, self.close)
+        self.handlers: set[gevent.Greenlet] = set()
+        self.active = 0
+
+    def close(self, reason: str) -> None:
+        self.conn.close(reason)
+
+    def run(self) -> None:
+        codec, conn = self.codec, self.conn
+        buf = bytearray()
+        try:
+            while not conn.closed:
+                data = conn.read(None if self.active else self.opts.idle_timeout)
+                if not data:
+                    return
+                buf += data
+                offset = 0
+                while True:
+                    try:
+                        frame, offset = codec.decode(buf, offset)
+                    except CodecError as e:
+                        self._codec_error(e)
+                        return
+                    if frame is None:
+                        break
+                    self._dispatch(frame)
+                del buf[:offset]
+        except ConnError:
+            pass
+        finally:
+            # A client may half-close after its last request: answer what is in flight first.
+            if self.active and not conn.closed:
+                gevent.joinall(list(self.handlers), timeout=self.opts.idle_timeout)
+            self.writer.close_after_flush("done")
+            self.writer.join(timeout=5)
+            gevent.killall(list(self.handlers), block=False)
+
+    def _codec_error(self, e: CodecError) -> None:
+        log.info("bad_request", peer=self.opts.peer, protocol=self.codec.name, error=str(e))
+        self.writer.send(self.codec.error_response(e.request_id, Failure.CODEC))
+        self.writer.close_after_flush(f"codec error: {e}")
+        gevent.sleep(0)  # let the writer send it before the connection goes
+
+    def _dispatch(self, frame: XFrame) -> None:
+        if not frame.is_request:
+            return  # a client has no business sending responses: ignored
+        if frame.heartbeat:
+            self.writer.send(self.codec.heartbeat_reply(frame))
+            return
+        self.active += 1
+        self.conn.busy = True
+        g = gevent.spawn(self._serve, frame)
+        self.handlers.add(g)
+
+    def _serve(self, frame: XFrame) -> None:
+        try:
+            self.handler(XServerStream(self, frame))
+        finally:
+            self.handlers.discard(gevent.getcurrent())
+            self.active -= 1
+            if not self.active:
+                self.conn.busy = False
+                if self.opts.draining():
+                    self.writer.close_after_flush("drained")
+
+
+class XServerStream(ServerStream):
+    __slots__ = ("sc", "frame", "request", "request_complete", "trailers", "_done")
+
+    def __init__(self, sc: _ServerConnection, frame: XFrame):
+        self.sc = sc
+        self.frame = frame
+        try:
+            service, method, target, headers = sc.codec.route_info(frame)
+        except CodecError:
+            service, method, target, headers = b"", b"", b"", []
+        self.request = RequestHead(method, service, target, b"", headers, native=frame)
+        self.request_complete = True  # a frame arrives whole
+        self.trailers = None
+        self._done = False
+
+    def read_body(self, block: bool = True) -> Chunk:
+        return None
+
+    def send_informational(self, head: ResponseHead) -> None:
+        pass
+
+    def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        frame = self.frame
+        if frame.oneway:
+            return  # nobody waits for an answer
+        codec = self.sc.codec
+        native = head.native
+        if isinstance(native, XFrame) and not native.is_request and type(native) is type(frame):
+            data = codec.with_request_id(native, frame.request_id)  # back under the client's id
+        else:
+            data = codec.error_response(frame.request_id, _failure(head.status, head.headers),
+                                        frame)
+        self.sc.writer.send(data)
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def send_trailers(self, trailers: Headers) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def reset(self, reason: str) -> None:
+        if not self._done:
+            self.send_headers(ResponseHead(502, []), True)
+
+    @property
+    def response_started(self) -> bool:
+        return self._done
+
+    def upgrade(self) -> Tunnel:
+        raise DownstreamError("RPC streams cannot switch protocols")
+
+
+class XClientConnection(ClientConnection):
+    def __init__(self, codec: XCodec, conn: Conn, settings: model.Cluster | None):
+        self.codec = codec
+        self.conn = conn
+        self.capacity = settings.max_concurrent_streams if settings else 100
+        self.keepalive = settings.keepalive_interval if settings else 15.0
+        self.in_flight: dict[int, XClientStream] = {}
+        self.active_streams = 0
+        self.streams_opened = 0
+        self.closed = False
+        self._next_id = 1
+        self._last_read = time.monotonic()
+        self._probe: int | None = None
+        self.writer = _WriteQueue(conn, self.close)
+        self._reader = gevent.spawn(self._read_loop)
+        self._keeper = gevent.spawn(self._keepalive_loop)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed
+
+    def allocate_id(self) -> int:
+        """The next id not in flight; wraps from max_request_id back to 1."""
+        in_flight, top = self.in_flight, self.codec.max_request_id
+        while True:
+            rid = self._next_id
+            self._next_id = rid + 1 if rid < top else 1
+            if rid not in in_flight and rid != self._probe:
+                return rid
+
+    def new_stream(self, on_finish: Callable[[ClientConnection, bool], None]) -> ClientStream:
+        self.active_streams += 1
+        self.streams_opened += 1
+        return XClientStream(self, on_finish, self.streams_opened > 1)
+
+    def _read_loop(self) -> None:
+        codec, conn = self.codec, self.conn
+        buf = bytearray()
+        try:
+            while True:
+                data = conn.read(None)
+                if not data:
+                    break
+                self._last_read = time.monotonic()
+                buf += data
+                offset = 0
+                while True:
+                    frame, offset = codec.decode(buf, offset)
+                    if frame is None:
+                        break
+                    if frame.heartbeat:
+                        if frame.request_id == self._probe:
+                            self._probe = None
+                        continue
+                    stream = self.in_flight.pop(frame.request_id, None)
+                    if stream is not None:  # else: late, its stream gave up
+                        stream.result.set(frame)
+                del buf[:offset]
+        except (ConnError, CodecError) as e:
+            log.info("upstream_connection_error", protocol=codec.name, peer=conn.peer,
+                     error=str(e))
+        finally:
+            self.close("upstream gone")
+
+    def _keepalive_loop(self) -> None:
+        interval = self.keepalive
+        while not self.closed:
+            gevent.sleep(interval)
+            if self._probe is not None:  # the last probe got no answer in a whole interval
+                self.close("heartbeat unanswered")
+                return
+            if time.monotonic() - self._last_read >= interval:
+                self._probe = rid = self.allocate_id()
+                self.writer.send(self.codec.heartbeat(rid))
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.close(reason)
+        self.writer.stop()
+        self._keeper.kill(block=False)
+        if gevent.getcurrent() is not self._reader:
+            self._reader.kill(block=False)
+        for stream in list(self.in_flight.values()):
+            stream.result.set(None)
+        self.in_flight.clear()
+
+
+class XClientStream(ClientStream):
+    __slots__ = ("c", "on_finish", "reused", "trailers", "result", "rid", "_finished",
+                 "_oneway", "_got")
+
+    def __init__(self, c: XClientConnection, on_finish, reused: bool):
+        self.c = c
+        self.on_finish = on_finish
+        self.reused = reused
+        self.trailers = None
+        self.result: AsyncResult = AsyncResult()
+        self.rid = 0
+        self._finished = False
+        self._oneway = False
+        self._got = False
+
+    def send_headers(self, head: RequestHead, end_stream: bool) -> None:
+        c = self.c
+        frame = head.native
+        if not isinstance(frame, XFrame) or not frame.is_request:
+            raise StreamError(f"only {c.codec.name} requests can go to a {c.codec.name} upstream")
+        if c.closed:
+            raise StreamReset("upstream connection closed")
+        self.rid = c.allocate_id()
+        self._oneway = frame.oneway
+        if not frame.oneway:
+            c.in_flight[self.rid] = self
+        c.writer.send(c.codec.with_request_id(frame, self.rid))
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def send_trailers(self, trailers: Headers) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def read_headers(self, timeout: float | None) -> ResponseHead:
+        if self._oneway:
+            return ResponseHead(200, [])  # sent: that is all a oneway request gets
+        try:
+            frame = self.result.get(timeout=timeout)
+        except Timeout:
+            raise StreamTimeout("upstream response timed out") from None
+        if frame is None:
+            raise StreamReset("upstream connection closed")
+        self._got = True
+        return ResponseHead(self.c.codec.http_status(frame), [], native=frame)
+
+    def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
+        return None
+
+    @property
+    def response_started(self) -> bool:
+        return self._got
+
+    def reset(self, reason: str) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        c = self.c
+        c.in_flight.pop(self.rid, None)
+        c.active_streams -= 1
+        self.on_finish(c, c.usable)
+
+    def upgrade(self) -> Tunnel:
+        raise StreamError("RPC streams cannot switch protocols")
+
+
+def make_protocol(codec: XCodec) -> Protocol:
+    """A registry entry for an xprotocol codec: the connection code above, shared."""
+
+    def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
+        _ServerConnection(codec, conn, opts, handler).run()
+
+    def client(conn: Conn, settings: model.Cluster | None = None) -> ClientConnection:
+        return XClientConnection(codec, conn, settings)
+
+    return Protocol(name=codec.name, match=codec.match, serve=serve, client=client,
+                    multiplexed=True)
