@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmarks: `bash bench/run.sh` runs HTTP/1.1 then HTTP/2; `bash bench/run.sh http2 ARGS`
+# The benchmarks: `bash bench/run.sh` runs HTTP/1.1, HTTP/2 and bolt; `bash bench/run.sh bolt ARGS`
 # runs one of them with its own arguments (see --help).
 EXTRAS=bench
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/bootstrap.sh"
@@ -9,7 +9,7 @@ for tool in wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client; do
 done
 [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
 case "${1:-all}" in
-  http1|http2) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
-  all) .venv/bin/python bench/http1.py && .venv/bin/python bench/http2.py ;;
-  *) echo "usage: bench/run.sh [http1|http2 [ARGS]]" >&2; exit 2 ;;
+  http1|http2|bolt) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
+  all) .venv/bin/python bench/http1.py && .venv/bin/python bench/http2.py && .venv/bin/python bench/bolt.py ;;
+  *) echo "usage: bench/run.sh [http1|http2|bolt [ARGS]]" >&2; exit 2 ;;
 esac
