@@ -192,3 +192,22 @@ def test_http_and_bolt_share_one_auto_listener(start_mesh, upstream):
         s.sendall(b"\x01\x09\x00\x01\x01")
         assert s.recv(10) == b""
     bolt_up.stop()
+
+
+def test_domains_match_the_target_app(start_mesh):
+    app_up, other_up = BoltServer(), BoltServer()
+    cfg = bolt_config(other_up.address)
+    route = cfg["route_configs"][0]["virtual_hosts"][0]["routes"][0]
+    cfg["route_configs"][0]["virtual_hosts"].insert(0, {
+        "name": "app-a", "domains": ["app-a"],
+        "routes": [{**route, "route": {"cluster": "app-a"}}]})
+    cfg["clusters"].append({"name": "app-a", "protocol": "bolt",
+                            "endpoints": [{"address": app_up.address}]})
+    gm = start_mesh(cfg)
+    c = BoltClient(gm.port())
+    c.send(request(1, b"to-a", app="app-a") + request(2, b"to-any"))
+    assert len(c.receive(2)) == 2
+    assert (app_up.requests, other_up.requests) == ([1], [1])  # one each, ids rewritten
+    c.close()
+    app_up.stop()
+    other_up.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from greenmesh import model
 from greenmesh.lb import RoundRobin
 from greenmesh.router import RouteTable
@@ -70,3 +72,67 @@ def test_round_robin_weighted_is_exact_and_interleaved():
     # Smooth: the heavy host never takes long runs while others wait.
     longest = max(len(run) for run in "".join(picks).replace("a", " ").replace("b", " ").split())
     assert longest <= 3
+
+
+def header_table(matchers: list[dict]) -> RouteTable:
+    """A route config built through the YAML loader, so the config spellings are tested too."""
+    from greenmesh.config import load_dict
+    cfg = load_dict({
+        "route_configs": [{"name": "t", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"headers": [m]}, "route": {"cluster": f"c{i}"}}
+            for i, m in enumerate(matchers)]}]}],
+        "clusters": [{"name": f"c{i}"} for i in range(len(matchers))]})
+    return RouteTable(cfg.route_configs[0])
+
+
+def which(t: RouteTable, headers: dict[str, str]) -> str | None:
+    head = RequestHead(b"GET", b"/", b"h", b"http",
+                       [(k.encode(), v.encode()) for k, v in headers.items()])
+    r = t.match(head)
+    return r.route.cluster if r else None
+
+
+def test_header_matchers_v3_and_legacy_spellings():
+    svc = "com.example.EchoService:1.0"
+    for form in ({"string_match": {"exact": svc}}, {"exact_match": svc}):
+        t = header_table([{"name": "Service", **form}])  # names are case-insensitive
+        assert which(t, {"service": svc}) == "c0"
+        assert which(t, {"service": svc + "x"}) is None and which(t, {}) is None
+    for form, yes, no in (
+            ({"string_match": {"prefix": "com.example."}}, "com.example.A", "org.A"),
+            ({"prefix_match": "com.example."}, "com.example.A", "org.A"),
+            ({"string_match": {"suffix": ":1.0"}}, "x:1.0", "x:2.0"),
+            ({"suffix_match": ":1.0"}, "x:1.0", "x:2.0"),
+            ({"string_match": {"safe_regex": {"regex": "com\\.[a-z]+\\.E.*"}}}, "com.ex.Echo",
+             "xcom.ex.Echo"),  # a full match, not a search
+            ({"safe_regex_match": {"regex": "v[0-9]+"}}, "v12", "v12a")):
+        t = header_table([{"name": "service", **form}])
+        assert which(t, {"service": yes}) == "c0", form
+        assert which(t, {"service": no}) is None, form
+
+
+def test_header_presence_and_invert():
+    t = header_table([{"name": "x-canary"}])  # present
+    assert which(t, {"x-canary": "anything"}) == "c0" and which(t, {}) is None
+    t = header_table([{"name": "x-canary", "present_match": False}])
+    assert which(t, {}) == "c0" and which(t, {"x-canary": "1"}) is None
+    t = header_table([{"name": "env", "exact_match": "prod", "invert_match": True}])
+    assert which(t, {"env": "dev"}) == "c0" and which(t, {}) == "c0"
+    assert which(t, {"env": "prod"}) is None
+
+
+def test_header_matcher_config_errors():
+    from greenmesh.config import ConfigError, load_dict
+    bad = [{"name": "a", "exact_match": "x", "prefix_match": "y"},
+           {"name": "b", "safe_regex_match": {"regex": "("}},
+           {"name": "c", "string_match": {"contains": "x"}}]
+    with pytest.raises(ConfigError) as e:
+        load_dict({"route_configs": [{"name": "t", "virtual_hosts": [
+            {"name": "v", "domains": ["*"], "routes": [
+                {"match": {"headers": bad}, "route": {"cluster": "c"}}]}]}],
+                   "clusters": [{"name": "c"}]})
+    p = "route_configs[0].virtual_hosts[0].routes[0].match.headers"
+    assert e.value.errors[0] == f"{p}[0]: expected one matcher (string_match with one of " \
+                                "exact, prefix, suffix, safe_regex; or a legacy *_match key)"
+    assert e.value.errors[1].startswith(f"{p}[1].safe_regex_match: invalid regex")
+    assert e.value.errors[2].startswith(f"{p}[2].string_match.contains: unknown key")

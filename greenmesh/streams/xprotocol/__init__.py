@@ -50,6 +50,9 @@ class XCodec(ABC):
     name: str
     #: The largest request id; ids are allocated from 1 and wrap back to 1.
     max_request_id: int = 2**32 - 1
+    #: The pool mode: many requests per upstream connection, or one at a time (for protocols
+    #: whose servers cannot take out-of-order responses).
+    multiplexed: bool = True
 
     @abstractmethod
     def match(self, data: bytes) -> Match:

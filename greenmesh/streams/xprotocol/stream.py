@@ -404,4 +404,4 @@ def make_protocol(codec: XCodec) -> Protocol:
         return XClientConnection(codec, conn, settings)
 
     return Protocol(name=codec.name, match=codec.match, serve=serve, client=client,
-                    multiplexed=True)
+                    multiplexed=codec.multiplexed)
