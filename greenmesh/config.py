@@ -197,6 +197,25 @@ def _optional(r: _Reader, obj: dict, path: str, key: str, build) -> Any:
     return ... if built is None else built
 
 
+def _xds(r: _Reader, v: Any, path: str) -> model.Xds | None:
+    obj = r.mapping(v, path, ("server", "node", "initial_fetch_timeout"))
+    if obj is None:
+        return None
+    server = r.field(obj, path, "server", parse_address)
+    fetch = r.field(obj, path, "initial_fetch_timeout", parse_duration, 5.0)
+    npath = _join(path, "node")
+    node_obj = r.mapping(obj.get("node"), npath, ("id", "cluster"))
+    node = None
+    if node_obj is not None:
+        nid = r.field(node_obj, npath, "id", _string)
+        ncluster = r.field(node_obj, npath, "cluster", _string, "")
+        if nid is not None and ncluster is not None:
+            node = model.XdsNode(nid, ncluster)
+    if server is None or fetch is None or node is None:
+        return None
+    return model.Xds(server, node, fetch)
+
+
 def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
     keys = ("name", "address", "protocol", "route_config", "max_connections",
             "max_request_headers_kb", "idle_timeout", "access_log", "tls")
@@ -280,7 +299,8 @@ def _route(r: _Reader, v: Any, path: str) -> model.Route | None:
         headers = [_header_matcher(r, h, p) for p, h in r.items(m, mpath, "headers")]
         if prefix is not None and exact is not None:
             r.error(mpath, "expected at most one of prefix, path")
-        elif prefix is None and exact is None and not headers:
+        elif prefix is None and exact is None and not headers and not ("prefix" in m or
+                                                                        "path" in m):
             r.error(mpath, "expected one of prefix, path, or headers")
         elif None not in headers:
             match = model.RouteMatch(prefix=prefix, path=exact, headers=tuple(headers))
@@ -399,7 +419,8 @@ def load_dict(data: Any) -> model.MeshConfig:
     r = _Reader()
     if data is None:
         data = {}
-    obj = r.mapping(data, "", ("admin", "listeners", "route_configs", "clusters", "drain_timeout"))
+    obj = r.mapping(data, "", ("admin", "listeners", "route_configs", "clusters", "drain_timeout",
+                               "xds"))
     if obj is None:
         raise ConfigError(["config: expected a mapping at the top level"])
 
@@ -410,6 +431,7 @@ def load_dict(data: Any) -> model.MeshConfig:
             address = r.field(a, "admin", "address", parse_address)
             admin = model.Admin(address) if address else None
 
+    xds = _optional(r, obj, "", "xds", _xds)
     sections = {}
     for key, build in (("listeners", _listener), ("route_configs", _route_config),
                        ("clusters", _cluster)):
@@ -422,20 +444,22 @@ def load_dict(data: Any) -> model.MeshConfig:
                                                                   "clusters"))
     route_names = {rc.name for rc in route_configs if rc}
     for i, lst in enumerate(listeners):
-        if lst and lst.route_config not in route_names:
+        # With a control plane, RDS and CDS may supply what the static part names.
+        if lst and lst.route_config not in route_names and xds is None:
             r.error(f"listeners[{i}].route_config", f"unknown route config {lst.route_config!r}")
     cluster_names = {c.name for c in clusters if c}
     for i, rc in enumerate(route_configs):
         for j, vh in enumerate(rc.virtual_hosts if rc else ()):
             for k, route in enumerate(vh.routes):
-                if route.route.cluster not in cluster_names:
+                if route.route.cluster not in cluster_names and xds is None:
                     r.error(f"route_configs[{i}].virtual_hosts[{j}].routes[{k}].route.cluster",
                             f"unknown cluster {route.route.cluster!r}")
     drain = r.field(obj, "", "drain_timeout", parse_duration, 5.0)
     if r.errors:
         raise ConfigError(r.errors)
     return model.MeshConfig(listeners=tuple(listeners), route_configs=tuple(route_configs),
-                            clusters=tuple(clusters), admin=admin, drain_timeout=drain)
+                            clusters=tuple(clusters), admin=admin, drain_timeout=drain,
+                            xds=xds if xds is not ... else None)
 
 
 def load_text(text: str, source: str = "config") -> model.MeshConfig:

@@ -107,13 +107,18 @@ class Listener:
     def active_connections(self) -> int:
         return len(self._conns)
 
+    def close_listening(self) -> None:
+        """Stops accepting (the port is free at once); connections are left alone."""
+        if self._server is not None and not self._server.closed:
+            self._server.close()
+
     def stop(self, timeout: float) -> None:
         """Stops accepting; idle connections close now, busy ones after their response."""
         self._draining = True
         server = self._server
         if server is None:
             return
-        server.close()
+        self.close_listening()
         for conn in list(self._conns):
             if conn.on_drain is not None:
                 conn.on_drain()  # HTTP/2: GOAWAY, then close once its streams finish

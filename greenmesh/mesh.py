@@ -34,6 +34,10 @@ class Mesh:
         self.admin: Admin | None = None
         self.running = False
         self._stopped = gevent.event.Event()
+        self.xds = None
+        # Names the control plane owns (static ones are never touched by xDS, as in Envoy).
+        self._dynamic_clusters: set[str] = set()
+        self._dynamic_listeners: set[str] = set()
 
     @classmethod
     def from_file(cls, path: str, **kwargs) -> Mesh:
@@ -50,19 +54,17 @@ class Mesh:
         self._routes = {rc.name: RouteTable(rc) for rc in cfg.route_configs}
         try:
             for lc in cfg.listeners:
-                name = lc.route_config
-                proxy = Proxy(lc.name, lambda name=name: self._routes.get(name), self.clusters,
-                              self.stats, access_log_enabled=lc.access_log,
-                              tunnel_idle_timeout=lc.idle_timeout)
-                listener = Listener(lc, self.registry, proxy, self.stats)
-                listener.start()
-                self.listeners[lc.name] = listener
+                self._start_listener(lc)
             if cfg.admin is not None:
                 self.admin = Admin(self, cfg.admin.address.host, cfg.admin.address.port)
                 self.admin.start()
         except Exception:
             self.stop(timeout=0)
             raise
+        if cfg.xds is not None:
+            from greenmesh.xds import XdsClient
+            self.xds = XdsClient(cfg.xds, self)
+            self.xds.start()
         self.running = True
         self._stopped.clear()
         log.info("mesh_started", listeners=len(self.listeners), clusters=len(cfg.clusters))
@@ -72,6 +74,9 @@ class Mesh:
         """Drains: no new connections, requests in flight get ``timeout`` to finish."""
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.running = False
+        if self.xds is not None:
+            self.xds.stop()
+            self.xds = None
         listeners, self.listeners = list(self.listeners.values()), {}
         if listeners:
             gevent.joinall([gevent.spawn(lst.stop, timeout) for lst in listeners])
@@ -81,6 +86,47 @@ class Mesh:
         self.clusters.close()
         self._stopped.set()
         log.info("mesh_stopped")
+
+    def _start_listener(self, lc: model.Listener) -> Listener:
+        name = lc.route_config
+        proxy = Proxy(lc.name, lambda: self._routes.get(name), self.clusters, self.stats,
+                      access_log_enabled=lc.access_log, tunnel_idle_timeout=lc.idle_timeout)
+        listener = Listener(lc, self.registry, proxy, self.stats)
+        listener.start()
+        self.listeners[lc.name] = listener
+        return listener
+
+    def apply_dynamic(self, *, clusters: list[model.Cluster] | None = None,
+                      route_configs: list[model.RouteConfig] | None = None,
+                      listeners: list[model.Listener] | None = None) -> None:
+        """The control plane's complete set of each kind given: swapped in beside the static
+        config. Listeners that stay keep their connections; removed ones drain."""
+        cfg = self.config
+        if clusters is not None:
+            static = {c.name for c in cfg.clusters}
+            dynamic = [c for c in clusters if c.name not in static]
+            names = {c.name for c in dynamic}
+            self.clusters.update(dynamic, remove=[n for n in self._dynamic_clusters
+                                                  if n not in names])
+            self._dynamic_clusters = names
+        if route_configs is not None:
+            routes = {rc.name: RouteTable(rc) for rc in cfg.route_configs}
+            for rc in route_configs:
+                routes.setdefault(rc.name, RouteTable(rc))
+            self._routes = routes
+        if listeners is not None:
+            static = {lc.name for lc in cfg.listeners}
+            wanted = {lc.name: lc for lc in listeners if lc.name not in static}
+            for name in list(self._dynamic_listeners):
+                if wanted.get(name) != self.listeners[name].config:
+                    old = self.listeners.pop(name)
+                    self._dynamic_listeners.discard(name)
+                    old.close_listening()  # its port is free at once; its connections drain
+                    gevent.spawn(old.stop, cfg.drain_timeout)
+            for name, lc in wanted.items():
+                if name not in self.listeners:
+                    self._start_listener(lc)
+                    self._dynamic_listeners.add(name)
 
     def wait(self) -> None:
         """Blocks until ``stop()``."""

@@ -60,6 +60,8 @@ class Cluster:
     # RPC protocols with heartbeats (bolt): an idle connection is probed this often and closed
     # when a probe goes unanswered for as long.
     keepalive_interval: float = 15.0
+    # Set for clusters whose endpoints come from EDS, under this service name.
+    eds_service_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +130,26 @@ class Admin:
 
 
 @dataclass(frozen=True, slots=True)
+class XdsNode:
+    id: str
+    cluster: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Xds:
+    """An ADS control plane (gRPC, Envoy's v3 API)."""
+
+    server: Address
+    node: XdsNode
+    initial_fetch_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
 class MeshConfig:
     listeners: tuple[Listener, ...] = ()
     route_configs: tuple[RouteConfig, ...] = ()
     clusters: tuple[Cluster, ...] = ()
     admin: Admin | None = None
+    xds: Xds | None = None
     # Drain time on stop: requests in flight get this long to finish.
     drain_timeout: float = field(default=5.0)

@@ -1,0 +1,173 @@
+"""A real ADS server (grpcio, state of the world) for tests and by hand.
+
+    python -m greenmesh.testing.controlplane --port 18000 --dir etc/xds
+
+serves ``clusters.yaml``, ``endpoints.yaml``, ``listeners.yaml`` and ``routes.yaml`` from the
+directory (lists of resources in Envoy's YAML/JSON form) and pushes them again when a file
+changes. In tests, ``ControlPlane().set(type_url, [messages])`` pushes, and ``requests``
+records every DiscoveryRequest (ACKs and NACKs) it received.
+
+It runs on plain threads (grpcio's own server), not on gevent, so it is independent of the
+greenmesh process it serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import sys
+import threading
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster
+from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment
+from envoy_data_plane.envoy.config.listener.v3 import Listener
+from envoy_data_plane.envoy.config.route.v3 import RouteConfiguration
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    HttpConnectionManager,
+)
+from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
+from envoy_data_plane.google.protobuf import Any
+
+CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
+RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+FILES = {"clusters.yaml": (CDS, Cluster), "endpoints.yaml": (EDS, ClusterLoadAssignment),
+         "listeners.yaml": (LDS, Listener), "routes.yaml": (RDS, RouteConfiguration)}
+
+
+def resource_name(msg) -> str:
+    return getattr(msg, "cluster_name", "") or msg.name
+
+
+class _Stream:
+    def __init__(self, cp: ControlPlane):
+        self.cp = cp
+        self.out: queue.Queue = queue.Queue()
+        self.names: dict[str, list[str] | None] = {}  # type -> names (None: wildcard)
+        self.nonce = 0
+
+    def send(self, type_url: str) -> None:
+        with self.cp.lock:
+            version, resources = self.cp.versions[type_url], self.cp.resources[type_url]
+            names = self.names.get(type_url)
+            chosen = [r for n, r in sorted(resources.items()) if names is None or n in names]
+        self.nonce += 1
+        self.out.put(DiscoveryResponse(version_info=str(version), type_url=type_url,
+                                       nonce=str(self.nonce),
+                                       resources=[Any.pack(r) for r in chosen]))
+
+
+class ControlPlane:
+    def __init__(self, port: int = 0, address: str = "127.0.0.1"):
+        self.lock = threading.Lock()
+        self.resources: dict[str, dict[str, object]] = {t: {} for t in (CDS, EDS, LDS, RDS)}
+        self.versions = {t: 0 for t in self.resources}
+        self.requests: list[DiscoveryRequest] = []
+        self.streams: list[_Stream] = []
+        handler = grpc.method_handlers_generic_handler(SERVICE, {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self._stream, request_deserializer=DiscoveryRequest.FromString,
+                response_serializer=DiscoveryResponse.SerializeToString)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port(f"{address}:{port}")
+        self.server.start()
+
+    def set(self, type_url: str, resources: list) -> int:
+        """Replaces every resource of a type and pushes the new version to subscribers."""
+        with self.lock:
+            self.resources[type_url] = {resource_name(r): r for r in resources}
+            self.versions[type_url] += 1
+            version = self.versions[type_url]
+            streams = [s for s in self.streams if type_url in s.names]
+        for s in streams:
+            s.send(type_url)
+        return version
+
+    def acks(self, type_url: str) -> list[DiscoveryRequest]:
+        with self.lock:
+            return [r for r in self.requests if r.type_url == type_url and r.response_nonce
+                    and r.error_detail is None]
+
+    def nacks(self, type_url: str) -> list[DiscoveryRequest]:
+        with self.lock:
+            return [r for r in self.requests if r.type_url == type_url
+                    and r.error_detail is not None]
+
+    def wait_for(self, predicate, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        for s in list(self.streams):
+            s.out.put(None)
+        self.server.stop(0)
+
+    def _stream(self, request_iterator, context):
+        stream = _Stream(self)
+        with self.lock:
+            self.streams.append(stream)
+        context.add_callback(lambda: stream.out.put(None))
+        threading.Thread(target=self._read, args=(stream, request_iterator), daemon=True).start()
+        try:
+            while (response := stream.out.get()) is not None:
+                yield response
+        finally:
+            with self.lock:
+                if stream in self.streams:
+                    self.streams.remove(stream)
+
+    def _read(self, stream: _Stream, request_iterator) -> None:
+        try:
+            for req in request_iterator:
+                with self.lock:
+                    self.requests.append(req)
+                names = None if req.type_url in (CDS, LDS) else sorted(req.resource_names)
+                known = stream.names.get(req.type_url, "unset")
+                stream.names[req.type_url] = names
+                # Answer a first subscription, or one whose names changed; ACKs and NACKs
+                # need no answer.
+                if not req.response_nonce or known != names:
+                    stream.send(req.type_url)
+        except grpc.RpcError:
+            pass
+        stream.out.put(None)
+
+
+def _load_dir(cp: ControlPlane, d: Path, seen: dict[str, float]) -> None:
+    import yaml
+    for filename, (type_url, cls) in FILES.items():
+        path = d / filename
+        if not path.exists() or seen.get(filename) == path.stat().st_mtime:
+            continue
+        seen[filename] = path.stat().st_mtime
+        items = yaml.safe_load(path.read_text()) or []
+        cp.set(type_url, [cls.from_dict(item) for item in items])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, default=18000)
+    ap.add_argument("--dir", type=Path, required=True)
+    args = ap.parse_args()
+    cp = ControlPlane(args.port)
+    seen: dict[str, float] = {}
+    sys.stdout.write(f"control plane on 127.0.0.1:{cp.port}, serving {args.dir}\n")
+    sys.stdout.flush()
+    while True:
+        _load_dir(cp, args.dir, seen)
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

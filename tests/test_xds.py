@@ -1,0 +1,226 @@
+"""xDS against a real grpcio ADS server (greenmesh.testing.controlplane) and the greenmesh process."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import threading
+import time
+
+import pytest
+from envoy_data_plane.envoy.config.cluster.v3 import (
+    Cluster,
+    ClusterDiscoveryType,
+    ClusterEdsClusterConfig,
+)
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    AggregatedConfigSource,
+    ConfigSource,
+    SocketAddress,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    Rds,
+)
+from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher
+from envoy_data_plane.google.protobuf import Any
+
+from greenmesh.testing.controlplane import CDS, EDS, LDS, RDS, ControlPlane
+from tests.harness import Upstream, free_port
+
+ADS = ConfigSource(ads=AggregatedConfigSource())
+
+
+def addr(hostport: str) -> Address:
+    host, port = hostport.rsplit(":", 1)
+    return Address(socket_address=SocketAddress(address=host, port_value=int(port)))
+
+
+def endpoints(*hostports: str) -> list[LocalityLbEndpoints]:
+    return [LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=addr(h)))
+                                              for h in hostports])]
+
+
+def static_cluster(name: str, *hostports: str) -> Cluster:
+    return Cluster(name=name, type=ClusterDiscoveryType.STATIC,
+                   connect_timeout=datetime.timedelta(seconds=1),
+                   load_assignment=ClusterLoadAssignment(cluster_name=name,
+                                                         endpoints=endpoints(*hostports)))
+
+
+def eds_cluster(name: str) -> Cluster:
+    return Cluster(name=name, type=ClusterDiscoveryType.EDS,
+                   eds_cluster_config=ClusterEdsClusterConfig(eds_config=ADS),
+                   connect_timeout=datetime.timedelta(seconds=1))
+
+
+def cla(name: str, *hostports: str) -> ClusterLoadAssignment:
+    return ClusterLoadAssignment(cluster_name=name, endpoints=endpoints(*hostports))
+
+
+def route_config(name: str, cluster: str, prefix: str = "/") -> RouteConfiguration:
+    return RouteConfiguration(name=name, virtual_hosts=[VirtualHost(
+        name="all", domains=["*"], routes=[Route(match=RouteMatch(prefix=prefix),
+                                                 route=RouteAction(cluster=cluster))])])
+
+
+def listener(name: str, port: int, route_name: str) -> Listener:
+    hcm = HttpConnectionManager(stat_prefix=name, rds=Rds(route_config_name=route_name,
+                                                          config_source=ADS))
+    return Listener(name=name, address=addr(f"127.0.0.1:{port}"), filter_chains=[FilterChain(
+        filters=[Filter(name="envoy.filters.network.http_connection_manager",
+                        typed_config=Any.pack(hcm))])])
+
+
+@pytest.fixture
+def cp():
+    plane = ControlPlane()
+    yield plane
+    plane.stop()
+
+
+def xds_mesh(start_mesh, cp_port: int, cluster: str = "dyn") -> tuple:
+    port, admin = free_port(), free_port()
+    gm = start_mesh({
+        "admin": {"address": f"127.0.0.1:{admin}"},
+        "xds": {"server": f"127.0.0.1:{cp_port}", "node": {"id": "test-node"},
+                "initial_fetch_timeout": "1s"},
+        "listeners": [{"name": "ingress", "address": f"127.0.0.1:{port}",
+                       "route_config": "default"}],
+        "route_configs": [{"name": "default", "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster}}]}]}],
+    })
+    return gm, port, admin
+
+
+def get(port: int, path: str = "/") -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, resp.getheader("x-upstream") or body.decode()
+
+
+def until(predicate, timeout: float = 10.0, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+@pytest.fixture
+def ups():
+    started = [Upstream(f"up{i}") for i in (1, 2)]
+    yield started
+    for u in started:
+        u.stop()
+
+
+def test_cluster_from_cds_takes_traffic(cp, start_mesh, ups):
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    assert get(port)[0] == 503  # the route's cluster does not exist yet
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    assert cp.wait_for(lambda: any(r.version_info == "1" for r in cp.acks(CDS)))
+    assert all(r.node.id == "test-node" for r in cp.requests if r.node)
+
+
+def test_eds_change_moves_traffic_fast_and_in_flight_requests_finish(cp, start_mesh, ups):
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [eds_cluster("dyn")])
+    assert cp.wait_for(lambda: any(list(r.resource_names) == ["dyn"] for r in cp.requests
+                                   if r.type_url == EDS))
+    cp.set(EDS, [cla("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    slow: dict = {}
+    t = threading.Thread(target=lambda: slow.setdefault("r", get(port, "/delay/0.5")))
+    t.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    cp.set(EDS, [cla("dyn", ups[1].address)])
+    assert until(lambda: get(port) == (200, "up2"), timeout=5, step=0.001)
+    moved = time.monotonic() - started
+    assert moved < 0.1, f"new hosts took traffic after {moved * 1000:.0f} ms"
+    t.join(5)
+    assert slow["r"] == (200, "up1")  # the old host's request in flight finished
+
+
+def test_invalid_resource_is_nacked_and_old_config_keeps_serving(cp, start_mesh, ups):
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    bad = static_cluster("dyn", ups[1].address)
+    bad.type = ClusterDiscoveryType.ORIGINAL_DST
+    cp.set(CDS, [bad])
+    assert cp.wait_for(lambda: cp.nacks(CDS))
+    nack = cp.nacks(CDS)[0]
+    assert nack.version_info == "1"  # the last accepted version
+    assert nack.error_detail.message == "cluster 'dyn'.type: ORIGINAL_DST is not supported"
+    assert get(port) == (200, "up1")
+    # A route condition greenmesh cannot evaluate is refused too, naming the field.
+    cp.set(LDS, [listener("l2", free_port(), "r2")])
+    rc = route_config("r2", "dyn")
+    rc.virtual_hosts[0].routes[0].match = RouteMatch(safe_regex=RegexMatcher(regex="/a.*"))
+    cp.set(RDS, [rc])
+    assert cp.wait_for(lambda: cp.nacks(RDS))
+    assert cp.nacks(RDS)[0].error_detail.message == \
+        "route_configuration 'r2'.virtual_hosts[0].routes[0].match.safe_regex: not supported"
+
+
+def test_control_plane_lost_and_back(cp, start_mesh, ups):
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    cp.stop()
+    time.sleep(0.5)
+    assert get(port) == (200, "up1")  # the last good config keeps serving
+    again = ControlPlane(cp.port)
+    try:
+        assert again.wait_for(lambda: any(r.type_url == CDS and r.version_info == "1"
+                                          for r in again.requests), timeout=15)
+        again.set(CDS, [static_cluster("dyn", ups[1].address)])
+        assert until(lambda: get(port) == (200, "up2"))
+    finally:
+        again.stop()
+
+
+def test_listener_and_route_added_and_changed_live(cp, start_mesh, ups):
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    new_port = free_port()
+    cp.set(LDS, [listener("dynamic-in", new_port, "r1")])
+    assert cp.wait_for(lambda: any(list(r.resource_names) == ["r1"] for r in cp.requests
+                                   if r.type_url == RDS))
+    cp.set(RDS, [route_config("r1", "dyn")])
+    assert until(lambda: _safe_get(new_port) == (200, "up1"))
+    cp.set(RDS, [route_config("r1", "dyn", prefix="/api")])
+    assert until(lambda: _safe_get(new_port)[0] == 404)
+    assert get(port) == (200, "up1")  # the static listener was never disturbed
+    cp.set(LDS, [])
+    assert until(lambda: _safe_get(new_port)[0] == 0)  # removed: nothing listens any more
+
+
+def _safe_get(port: int) -> tuple[int, str]:
+    try:
+        return get(port)
+    except OSError:
+        return 0, ""
