@@ -74,22 +74,34 @@ class ClusterManager:
         ctx = (tls.client_context(config.tls, [protocol.alpn] if protocol.alpn else [])
                if config.tls else None)
         hosts = []
-        for ep in config.endpoints:
+        for i, ep in enumerate(config.endpoints):
+            if i % 2000 == 1999:
+                gevent.sleep(0)  # a big host set is built while traffic keeps flowing
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
                                                          self._stats, ctx)
             hosts.append(Host(ep.address, ep.weight, pool))
         return ClusterSnapshot(config, tuple(hosts))
 
     def update(self, clusters: Iterable[model.Cluster], remove: Iterable[str] = ()) -> None:
-        """Adds or replaces the given clusters and removes the named ones, in one swap."""
-        with self._lock:
+        """Adds or replaces the given clusters and removes the named ones, in one swap.
+
+        The new snapshots are built off to the side (yielding to traffic on big host sets)
+        and swapped in one assignment under the lock; if another update swapped first, they
+        are built again on top of it."""
+        clusters = list(clusters)
+        while True:
             old = self._clusters
-            new = dict(old)
-            for name in remove:
-                new.pop(name, None)
-            for config in clusters:
-                new[config.name] = self._build(config, old.get(config.name))
-            self._clusters = new
+            built = [self._build(config, old.get(config.name)) for config in clusters]
+            with self._lock:
+                if self._clusters is not old:
+                    continue
+                new = dict(old)
+                for name in remove:
+                    new.pop(name, None)
+                for snapshot in built:
+                    new[snapshot.name] = snapshot
+                self._clusters = new
+                break
         self._drain_retired(old, new)
 
     def replace_all(self, clusters: Iterable[model.Cluster]) -> None:

@@ -25,7 +25,7 @@ import gevent.queue
 import grpc
 import structlog
 
-from greenmesh import model, xds_convert
+from greenmesh import model, xds_convert, xds_fast
 
 if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
@@ -94,6 +94,7 @@ class XdsClient:
         import grpc.experimental.gevent as grpc_gevent
         grpc_gevent.init_gevent()  # before any channel, or grpcio deadlocks under gevent
         self._messages = _messages()
+        xds_fast.prepare()
         self._main = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -177,7 +178,7 @@ class XdsClient:
             log.warning("xds_unknown_type", type_url=type_url)
             return
         try:
-            resources = [a.unpack() for a in response.resources]
+            resources = list(response.resources)  # Any: each handler decodes its own way
             handler(resources)
         except (xds_convert.ConvertError, TypeError, ValueError, KeyError) as e:
             log.warning("xds_nack", type_url=type_url, version=response.version_info,
@@ -204,7 +205,8 @@ class XdsClient:
     # -- handlers --------------------------------------------------------------------------
     def _on_clusters(self, resources: list) -> None:
         conv = xds_convert.Conversion()
-        clusters = {c.name: c for c in (xds_convert.cluster(r, conv) for r in resources)}
+        clusters = {c.name: c for c in (xds_convert.cluster(a.unpack(), conv)
+                                         for a in resources)}
         self._warnings(conv)
         self._clusters = clusters
         eds = {c.eds_service_name for c in clusters.values() if c.eds_service_name}
@@ -221,7 +223,13 @@ class XdsClient:
 
     def _on_endpoints(self, resources: list) -> None:
         conv = xds_convert.Conversion()
-        update = {cla.cluster_name: xds_convert.load_assignment(cla, conv) for cla in resources}
+        update = {}
+        for a in resources:
+            fast = xds_fast.load_assignment(a.value, pause=gevent.sleep)
+            if fast is None:  # it sets more than the fast path reads: the full conversion
+                cla = a.unpack()
+                fast = cla.cluster_name, xds_convert.load_assignment(cla, conv)
+            update[fast[0]] = fast[1]
         self._warnings(conv)
         self._endpoints.update(update)
         self._apply_clusters()
@@ -245,7 +253,7 @@ class XdsClient:
 
     def _on_listeners(self, resources: list) -> None:
         conv = xds_convert.Conversion()
-        pairs = [xds_convert.listener(r, conv) for r in resources]
+        pairs = [xds_convert.listener(a.unpack(), conv) for a in resources]
         self._warnings(conv)
         self._listeners = [lst for lst, _ in pairs]
         self._inline_routes = {rc.name: rc for _, rc in pairs if rc is not None}
@@ -257,7 +265,7 @@ class XdsClient:
     def _on_routes(self, resources: list) -> None:
         conv = xds_convert.Conversion()
         self._rds_routes = {rc.name: rc for rc in
-                            (xds_convert.route_config(r, conv) for r in resources)}
+                            (xds_convert.route_config(a.unpack(), conv) for a in resources)}
         self._warnings(conv)
         self.mesh.apply_dynamic(route_configs=[*self._rds_routes.values(),
                                                *self._inline_routes.values()])
