@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import gevent
 
 from greenmesh import model, tls
+from greenmesh.cooperate import Slicer
 from greenmesh.lb import POLICIES
 from greenmesh.pool import Pool, make_pool
 from greenmesh.stats import Stats
@@ -74,9 +75,9 @@ class ClusterManager:
         ctx = (tls.client_context(config.tls, [protocol.alpn] if protocol.alpn else [])
                if config.tls else None)
         hosts = []
-        for i, ep in enumerate(config.endpoints):
-            if i % 2000 == 1999:
-                gevent.sleep(0)  # a big host set is built while traffic keeps flowing
+        slicer = Slicer()  # a big host set is built while traffic keeps flowing
+        for ep in config.endpoints:
+            slicer.tick()
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
                                                          self._stats, ctx)
             hosts.append(Host(ep.address, ep.weight, pool))
@@ -111,9 +112,11 @@ class ClusterManager:
 
     @staticmethod
     def _drain_retired(old: dict[str, ClusterSnapshot], new: dict[str, ClusterSnapshot]) -> None:
+        slicer = Slicer()
         live = {id(h.pool) for c in new.values() for h in c.hosts}
         for c in old.values():
             for h in c.hosts:
+                slicer.tick()
                 if id(h.pool) not in live:
                     h.pool.drain()
 

@@ -26,6 +26,7 @@ import grpc
 import structlog
 
 from greenmesh import model, xds_convert, xds_fast
+from greenmesh.cooperate import Slicer
 
 if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
@@ -224,8 +225,9 @@ class XdsClient:
     def _on_endpoints(self, resources: list) -> None:
         conv = xds_convert.Conversion()
         update = {}
+        slicer = Slicer()
         for a in resources:
-            fast = xds_fast.load_assignment(a.value, pause=gevent.sleep)
+            fast = xds_fast.load_assignment(a.value, pause=slicer.tick)
             if fast is None:  # it sets more than the fast path reads: the full conversion
                 cla = a.unpack()
                 fast = cla.cluster_name, xds_convert.load_assignment(cla, conv)

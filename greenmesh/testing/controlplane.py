@@ -54,21 +54,23 @@ class _Stream:
 
     def send(self, type_url: str) -> None:
         with self.cp.lock:
-            version, resources = self.cp.versions[type_url], self.cp.resources[type_url]
+            version, packed = self.cp.versions[type_url], self.cp.packed[type_url]
             names = self.names.get(type_url)
-            chosen = [r for n, r in sorted(resources.items()) if names is None or n in names]
+            chosen = [a for n, a in sorted(packed.items()) if names is None or n in names]
         self.nonce += 1
         self.out.put(DiscoveryResponse(version_info=str(version), type_url=type_url,
-                                       nonce=str(self.nonce),
-                                       resources=[Any.pack(r) for r in chosen]))
+                                       nonce=str(self.nonce), resources=chosen))
 
 
 class ControlPlane:
     def __init__(self, port: int = 0, address: str = "127.0.0.1"):
         self.lock = threading.Lock()
         self.resources: dict[str, dict[str, object]] = {t: {} for t in (CDS, EDS, LDS, RDS)}
+        self.packed: dict[str, dict[str, Any]] = {t: {} for t in self.resources}
         self.versions = {t: 0 for t in self.resources}
         self.requests: list[DiscoveryRequest] = []
+        self.request_times: list[float] = []  # time.monotonic() of each request's arrival
+        self.push_times: dict[str, float] = {}  # type -> when its last version was sent
         self.streams: list[_Stream] = []
         handler = grpc.method_handlers_generic_handler(SERVICE, {
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
@@ -81,14 +83,26 @@ class ControlPlane:
 
     def set(self, type_url: str, resources: list) -> int:
         """Replaces every resource of a type and pushes the new version to subscribers."""
+        packed = {resource_name(r): Any.pack(r) for r in resources}  # once, not per stream
         with self.lock:
             self.resources[type_url] = {resource_name(r): r for r in resources}
+            self.packed[type_url] = packed
             self.versions[type_url] += 1
             version = self.versions[type_url]
             streams = [s for s in self.streams if type_url in s.names]
+            self.push_times[type_url] = time.monotonic()
         for s in streams:
             s.send(type_url)
         return version
+
+    def ack_time(self, type_url: str, version: int) -> float | None:
+        """When the ACK of that version arrived (time.monotonic()), if it did."""
+        with self.lock:
+            for req, t in zip(self.requests, self.request_times, strict=True):
+                if (req.type_url == type_url and req.version_info == str(version)
+                        and req.response_nonce and req.error_detail is None):
+                    return t
+        return None
 
     def acks(self, type_url: str) -> list[DiscoveryRequest]:
         with self.lock:
@@ -132,6 +146,7 @@ class ControlPlane:
             for req in request_iterator:
                 with self.lock:
                     self.requests.append(req)
+                    self.request_times.append(time.monotonic())
                 names = None if req.type_url in (CDS, LDS) else sorted(req.resource_names)
                 known = stream.names.get(req.type_url, "unset")
                 stream.names[req.type_url] = names

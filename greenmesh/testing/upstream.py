@@ -31,6 +31,9 @@ class Handler(WSGIHandler):
 
     def handle(self):
         self.server.connections += 1
+        # pywsgi writes head and body separately: without NODELAY the body waits for the
+        # proxy's delayed ACK (40 ms), as with any Nagle-bound server.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return super().handle()
 
     def handle_one_response(self):
