@@ -224,3 +224,54 @@ def _safe_get(port: int) -> tuple[int, str]:
         return get(port)
     except OSError:
         return 0, ""
+
+
+LOAD = """
+import http.client, json, sys, threading, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+statuses = []
+def run():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            statuses.append(resp.status)
+        except OSError as e:
+            statuses.append(str(e))
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+threads = [threading.Thread(target=run) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(statuses))
+"""
+
+
+def test_traffic_during_50_updates_loses_nothing(cp, start_mesh, ups):
+    import json
+    import subprocess
+    import sys
+    gm, port, admin = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [eds_cluster("dyn")])
+    cp.set(EDS, [cla("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    seconds = 4.0
+    load = subprocess.Popen([sys.executable, "-c", LOAD, str(port), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    sets = [(ups[0].address,), (ups[1].address,), (ups[0].address, ups[1].address)]
+    for i in range(50):  # endpoints moving, and another cluster coming and going
+        cp.set(EDS, [cla("dyn", *sets[i % 3])])
+        extra = [static_cluster("other", ups[1].address)] if i % 2 else []
+        cp.set(CDS, [eds_cluster("dyn"), *extra])
+        time.sleep(0.05)
+    statuses = json.loads(load.communicate(timeout=30)[0])
+    failed = [s for s in statuses if s != 200]
+    assert not failed, f"{len(failed)} of {len(statuses)} failed: {failed[:5]}"
+    assert len(statuses) >= 1000 * seconds, len(statuses)
+    assert cp.wait_for(lambda: len(cp.acks(EDS)) >= 50 and not cp.nacks(EDS))
+    # A cluster removed from CDS takes no new requests: its route answers 503.
+    cp.set(CDS, [])
+    assert until(lambda: get(port)[0] == 503)
