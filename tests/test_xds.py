@@ -275,3 +275,43 @@ def test_traffic_during_50_updates_loses_nothing(cp, start_mesh, ups):
     # A cluster removed from CDS takes no new requests: its route answers 503.
     cp.set(CDS, [])
     assert until(lambda: get(port)[0] == 503)
+
+
+def test_control_plane_serves_a_directory_and_pushes_edits(start_mesh, ups, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT, wait_port
+    cp_port, in_port = free_port(), free_port()
+    (tmp_path / "clusters.yaml").write_text(
+        "- {name: backend, type: EDS, eds_cluster_config: {eds_config: {ads: {}}}}\n")
+    endpoints = tmp_path / "endpoints.yaml"
+    endpoint = ("- cluster_name: backend\n  endpoints: [{lb_endpoints: [{endpoint: {address: "
+                "{socket_address: {address: 127.0.0.1, port_value: %d}}}}]}]\n")
+    endpoints.write_text(endpoint % ups[0].port)
+    (tmp_path / "listeners.yaml").write_text(f"""
+- name: from-file
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {in_port}}}}}
+  filter_chains:
+    - filters:
+        - name: envoy.filters.network.http_connection_manager
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+            stat_prefix: f
+            route_config:
+              name: inline
+              virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: backend}}}}]}}]
+""")
+    plane = subprocess.Popen([sys.executable, "-m", "greenmesh.testing.controlplane", "--port",
+                              str(cp_port), "--dir", str(tmp_path)], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(cp_port, plane)
+        start_mesh({"xds": {"server": f"127.0.0.1:{cp_port}", "node": {"id": "n"}}})
+        assert until(lambda: _safe_get(in_port) == (200, "up1"))
+        time.sleep(1.1)  # a new mtime second, so the edit is seen
+        endpoints.write_text(endpoint % ups[1].port)
+        assert until(lambda: _safe_get(in_port) == (200, "up2"))
+    finally:
+        plane.terminate()
+        plane.wait()
