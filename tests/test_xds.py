@@ -289,6 +289,9 @@ def test_control_plane_serves_a_directory_and_pushes_edits(start_mesh, ups, tmp_
     endpoint = ("- cluster_name: backend\n  endpoints: [{lb_endpoints: [{endpoint: {address: "
                 "{socket_address: {address: 127.0.0.1, port_value: %d}}}}]}]\n")
     endpoints.write_text(endpoint % ups[0].port)
+    hcm = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+           "HttpConnectionManager")
+    routes = "[{match: {prefix: /}, route: {cluster: backend}}]"
     (tmp_path / "listeners.yaml").write_text(f"""
 - name: from-file
   address: {{socket_address: {{address: 127.0.0.1, port_value: {in_port}}}}}
@@ -296,11 +299,11 @@ def test_control_plane_serves_a_directory_and_pushes_edits(start_mesh, ups, tmp_
     - filters:
         - name: envoy.filters.network.http_connection_manager
           typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+            "@type": {hcm}
             stat_prefix: f
             route_config:
               name: inline
-              virtual_hosts: [{{name: all, domains: ["*"], routes: [{{match: {{prefix: /}}, route: {{cluster: backend}}}}]}}]
+              virtual_hosts: [{{name: all, domains: ["*"], routes: {routes}}}]
 """)
     plane = subprocess.Popen([sys.executable, "-m", "greenmesh.testing.controlplane", "--port",
                               str(cp_port), "--dir", str(tmp_path)], cwd=ROOT,
