@@ -257,14 +257,8 @@ def _regex(value: Any) -> str:
     return value
 
 
-def _header_matcher(r: _Reader, v: Any, path: str) -> model.HeaderMatcher | None:
-    obj = r.mapping(v, path, ("name", "string_match", "present_match", "invert_match",
-                              *_LEGACY_MATCHERS))
-    if obj is None:
-        return None
-    name = r.field(obj, path, "name", _string)
-    invert = r.field(obj, path, "invert_match", _boolean, False)
-    present = r.field(obj, path, "present_match", _boolean, True)
+def _string_kinds(r: _Reader, obj: dict, path: str) -> dict[str, Any] | None:
+    """The string matcher of a header or query-parameter matcher (v3 and legacy spellings)."""
     kinds: dict[str, Any] = {}
     if obj.get("string_match") is not None:
         spath = _join(path, "string_match")
@@ -279,56 +273,244 @@ def _header_matcher(r: _Reader, v: Any, path: str) -> model.HeaderMatcher | None
         r.error(path, "expected one matcher (string_match with one of exact, prefix, suffix, "
                       "safe_regex; or a legacy *_match key)")
         return None
-    if name is None or invert is None or present is None or None in kinds.values():
+    return None if None in kinds.values() else kinds
+
+
+def _header_matcher(r: _Reader, v: Any, path: str) -> model.HeaderMatcher | None:
+    obj = r.mapping(v, path, ("name", "string_match", "present_match", "invert_match",
+                              *_LEGACY_MATCHERS))
+    if obj is None:
+        return None
+    name = r.field(obj, path, "name", _string)
+    invert = r.field(obj, path, "invert_match", _boolean, False)
+    present = r.field(obj, path, "present_match", _boolean, True)
+    kinds = _string_kinds(r, obj, path)
+    if name is None or invert is None or present is None or kinds is None:
         return None
     return model.HeaderMatcher(name=name.lower(), exact=kinds.get("exact"),
                                prefix=kinds.get("prefix"), suffix=kinds.get("suffix"),
                                regex=kinds.get("safe_regex"), present=present, invert=invert)
 
 
-def _route(r: _Reader, v: Any, path: str) -> model.Route | None:
-    obj = r.mapping(v, path, ("name", "match", "route"))
+def _query_matcher(r: _Reader, v: Any, path: str) -> model.QueryParameterMatcher | None:
+    obj = r.mapping(v, path, ("name", "string_match", "present_match"))
     if obj is None:
         return None
-    match = action = None
-    mpath = _join(path, "match")
-    m = r.mapping(obj.get("match"), mpath, ("prefix", "path", "headers"))
-    if m is not None:
-        prefix = r.field(m, mpath, "prefix", _path_prefix, None)
-        exact = r.field(m, mpath, "path", _path_prefix, None)
-        headers = [_header_matcher(r, h, p) for p, h in r.items(m, mpath, "headers")]
-        if prefix is not None and exact is not None:
-            r.error(mpath, "expected at most one of prefix, path")
-        elif prefix is None and exact is None and not headers and not ("prefix" in m or
-                                                                        "path" in m):
-            r.error(mpath, "expected one of prefix, path, or headers")
-        elif None not in headers:
-            match = model.RouteMatch(prefix=prefix, path=exact, headers=tuple(headers))
-    apath = _join(path, "route")
-    a = r.mapping(obj.get("route"), apath, ("cluster", "timeout"))
-    if a is not None:
-        cluster = r.field(a, apath, "cluster", _string)
-        timeout = r.field(a, apath, "timeout", parse_duration, 15.0)
-        if cluster is not None and timeout is not None:
-            action = model.RouteAction(cluster=cluster, timeout=timeout)
-    name = r.field(obj, path, "name", _string, "")
-    if match is None or action is None or name is None:
+    name = r.field(obj, path, "name", _string)
+    present = r.field(obj, path, "present_match", _boolean, True)
+    kinds = _string_kinds(r, obj, path)
+    if name is None or present is None or kinds is None:
         return None
-    return model.Route(match=match, route=action, name=name)
+    return model.QueryParameterMatcher(name=name, exact=kinds.get("exact"),
+                                       prefix=kinds.get("prefix"), suffix=kinds.get("suffix"),
+                                       regex=kinds.get("safe_regex"), present=present)
+
+
+_APPEND_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": True, "OVERWRITE_IF_EXISTS_OR_ADD": False,
+                   "ADD_IF_ABSENT": True}
+
+
+def _header_ops(r: _Reader, obj: dict, path: str) -> model.HeaderOps | None:
+    ok = True
+
+    def adds(key: str) -> tuple[model.HeaderValueOption, ...]:
+        nonlocal ok
+        out = []
+        for p, item in r.items(obj, path, key):
+            o = r.mapping(item, p, ("header", "append", "append_action"))
+            h = r.mapping(o.get("header") if o else None, _join(p, "header"), ("key", "value"))
+            if o is None or h is None:
+                ok = False
+                continue
+            hk = r.field(h, _join(p, "header"), "key", _string)
+            hv = r.field(h, _join(p, "header"), "value", str, "")
+            append = r.field(o, p, "append", _boolean, None)
+            action = r.field(o, p, "append_action", _one_of(tuple(_APPEND_ACTIONS)), None)
+            if hk is None or hv is None:
+                ok = False
+                continue
+            if append is None:
+                append = _APPEND_ACTIONS[action] if action else True
+            out.append(model.HeaderValueOption(hk.lower(), hv, append))
+        return tuple(out)
+
+    def removes(key: str) -> tuple[str, ...]:
+        nonlocal ok
+        out = []
+        for p, item in r.items(obj, path, key):
+            try:
+                out.append(_string(item).lower())
+            except _Invalid as e:
+                r.error(p, str(e))
+                ok = False
+        return tuple(out)
+    ops = model.HeaderOps(adds("request_headers_to_add"), removes("request_headers_to_remove"),
+                          adds("response_headers_to_add"), removes("response_headers_to_remove"))
+    return ops if ok else None
+
+
+_HEADER_OP_KEYS = ("request_headers_to_add", "request_headers_to_remove",
+                   "response_headers_to_add", "response_headers_to_remove")
+_REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303,
+                   "TEMPORARY_REDIRECT": 307, "PERMANENT_REDIRECT": 308}
+
+
+def _status(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+        raise _Invalid("expected an HTTP status from 200 to 599")
+    return value
+
+
+def _match(r: _Reader, v: Any, path: str) -> model.RouteMatch | None:
+    m = r.mapping(v, path, ("prefix", "path", "safe_regex", "path_separated_prefix",
+                            "case_sensitive", "headers", "query_parameters"))
+    if m is None:
+        return None
+    prefix = r.field(m, path, "prefix", _path_prefix, None)
+    exact = r.field(m, path, "path", _path_prefix, None)
+    regex = r.field(m, path, "safe_regex", _regex, None)
+    separated = r.field(m, path, "path_separated_prefix", _path_prefix, None)
+    case = r.field(m, path, "case_sensitive", _boolean, True)
+    headers = [_header_matcher(r, h, p) for p, h in r.items(m, path, "headers")]
+    queries = [_query_matcher(r, q, p) for p, q in r.items(m, path, "query_parameters")]
+    given = [k for k in ("prefix", "path", "safe_regex", "path_separated_prefix") if k in m]
+    if len(given) > 1:
+        r.error(path, "expected at most one of prefix, path, safe_regex, path_separated_prefix")
+        return None
+    if not given and not headers and not queries:
+        r.error(path, "expected one of prefix, path, safe_regex, path_separated_prefix, "
+                      "or headers")
+        return None
+    if separated is not None and separated.endswith("/") and separated != "/":
+        r.error(_join(path, "path_separated_prefix"), "must not end with /")
+        return None
+    if None in headers or None in queries or case is None or (given and (
+            prefix, exact, regex, separated) == (None, None, None, None)):
+        return None
+    return model.RouteMatch(prefix=prefix, path=exact, safe_regex=regex,
+                            path_separated_prefix=separated, case_sensitive=case,
+                            headers=tuple(headers), query_parameters=tuple(queries))
+
+
+def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
+    a = r.mapping(v, path, ("cluster", "weighted_clusters", "cluster_header", "timeout",
+                            "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
+                            "auto_host_rewrite"))
+    if a is None:
+        return None
+    cluster = r.field(a, path, "cluster", _string, None)
+    header = r.field(a, path, "cluster_header", _string, None)
+    weighted: list[model.WeightedCluster] = []
+    if a.get("weighted_clusters") is not None:
+        wpath = _join(path, "weighted_clusters")
+        w = r.mapping(a["weighted_clusters"], wpath, ("clusters", "total_weight"))
+        for p, c in r.items(w or {}, wpath, "clusters", required=True):
+            co = r.mapping(c, p, ("name", "weight"))
+            name = r.field(co, p, "name", _string) if co else None
+            weight = r.field(co, p, "weight", _count) if co else None
+            if name is not None and weight is not None:
+                weighted.append(model.WeightedCluster(name, weight))
+        if weighted and not any(c.weight for c in weighted):
+            r.error(wpath, "the weights add up to 0")
+    chosen = [k for k in ("cluster", "weighted_clusters", "cluster_header") if k in a]
+    if len(chosen) != 1:
+        r.error(path, "expected exactly one of cluster, weighted_clusters, cluster_header")
+        return None
+    regex_rewrite = None
+    if a.get("regex_rewrite") is not None:
+        rpath = _join(path, "regex_rewrite")
+        rr = r.mapping(a["regex_rewrite"], rpath, ("pattern", "substitution"))
+        if rr is not None:
+            pattern = r.field(rr, rpath, "pattern", _regex)
+            sub = r.field(rr, rpath, "substitution", str, "")
+            if pattern is not None and sub is not None:
+                regex_rewrite = (pattern, sub)
+    timeout = r.field(a, path, "timeout", parse_duration, 15.0)
+    prefix_rewrite = r.field(a, path, "prefix_rewrite", str, None)
+    host = r.field(a, path, "host_rewrite_literal", _string, None)
+    auto = r.field(a, path, "auto_host_rewrite", _boolean, False)
+    if (timeout is None or auto is None or (cluster is None and header is None and not weighted)
+            or ("regex_rewrite" in a and regex_rewrite is None)):
+        return None
+    return model.RouteAction(cluster=cluster, timeout=timeout, weighted_clusters=tuple(weighted),
+                             cluster_header=header.lower() if header else None,
+                             prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
+                             host_rewrite_literal=host, auto_host_rewrite=auto)
+
+
+def _direct(r: _Reader, v: Any, path: str) -> model.DirectResponse | None:
+    d = r.mapping(v, path, ("status", "body"))
+    if d is None:
+        return None
+    status = r.field(d, path, "status", _status)
+    body = d.get("body", "")
+    if isinstance(body, dict):  # Envoy's DataSource
+        body = body.get("inline_string", "")
+    if not isinstance(body, str):
+        r.error(_join(path, "body"), "expected a string or {inline_string: ...}")
+        return None
+    return None if status is None else model.DirectResponse(status, body)
+
+
+def _redirect(r: _Reader, v: Any, path: str) -> model.Redirect | None:
+    d = r.mapping(v, path, ("scheme_redirect", "https_redirect", "host_redirect",
+                            "port_redirect", "path_redirect", "prefix_rewrite", "response_code",
+                            "strip_query"))
+    if d is None:
+        return None
+    code = d.get("response_code", 301)
+    code = _REDIRECT_CODES.get(code, code) if isinstance(code, str) else code
+    if code not in (301, 302, 303, 307, 308):
+        r.error(_join(path, "response_code"), "expected 301, 302, 303, 307 or 308 (or "
+                                              "Envoy's names, e.g. MOVED_PERMANENTLY)")
+        return None
+    scheme = r.field(d, path, "scheme_redirect", _one_of(("http", "https")), None)
+    if r.field(d, path, "https_redirect", _boolean, False):
+        scheme = "https"
+    port = r.field(d, path, "port_redirect", _positive_int, None)
+    values = dict(host_redirect=r.field(d, path, "host_redirect", _string, None),
+                  path_redirect=r.field(d, path, "path_redirect", _path_prefix, None),
+                  prefix_rewrite=r.field(d, path, "prefix_rewrite", str, None),
+                  strip_query=r.field(d, path, "strip_query", _boolean, False))
+    if values["strip_query"] is None:
+        return None
+    return model.Redirect(scheme_redirect=scheme, port_redirect=port, response_code=code,
+                          **values)
+
+
+def _route(r: _Reader, v: Any, path: str) -> model.Route | None:
+    obj = r.mapping(v, path, ("name", "match", "route", "direct_response", "redirect",
+                              *_HEADER_OP_KEYS))
+    if obj is None:
+        return None
+    match = _match(r, obj.get("match"), _join(path, "match"))
+    kinds = [k for k in ("route", "direct_response", "redirect") if obj.get(k) is not None]
+    if len(kinds) != 1:
+        r.error(path, "expected exactly one of route, direct_response, redirect")
+        return None
+    built = {"route": _action, "direct_response": _direct, "redirect": _redirect}[kinds[0]](
+        r, obj[kinds[0]], _join(path, kinds[0]))
+    name = r.field(obj, path, "name", _string, "")
+    ops = _header_ops(r, obj, path)
+    if match is None or built is None or name is None or ops is None:
+        return None
+    return model.Route(match=match, name=name, headers=ops, **{kinds[0]: built})
 
 
 def _domain(value: Any) -> str:
     value = _string(value).lower()
-    if "*" in value and value != "*" and not (value.startswith("*") and value.count("*") == 1):
-        raise _Invalid("expected an exact domain, *.suffix or *")
+    if "*" in value and value != "*" and not (value.count("*") == 1 and (
+            value.startswith("*") or value.endswith("*"))):
+        raise _Invalid("expected an exact domain, *.suffix, prefix.* or *")
     return value
 
 
 def _virtual_host(r: _Reader, v: Any, path: str) -> model.VirtualHost | None:
-    obj = r.mapping(v, path, ("name", "domains", "routes"))
+    obj = r.mapping(v, path, ("name", "domains", "routes", *_HEADER_OP_KEYS))
     if obj is None:
         return None
     name = r.field(obj, path, "name", _string)
+    ops = _header_ops(r, obj, path)
     domains = []
     for p, d in r.items(obj, path, "domains", required=True):
         try:
@@ -336,18 +518,20 @@ def _virtual_host(r: _Reader, v: Any, path: str) -> model.VirtualHost | None:
         except _Invalid as e:
             r.error(p, str(e))
     routes = [_route(r, rv, p) for p, rv in r.items(obj, path, "routes", required=True)]
-    if name is None or None in routes or not domains:
+    if name is None or None in routes or not domains or ops is None:
         return None
-    return model.VirtualHost(name=name, domains=tuple(domains), routes=tuple(routes))
+    return model.VirtualHost(name=name, domains=tuple(domains), routes=tuple(routes),
+                             headers=ops)
 
 
 def _route_config(r: _Reader, v: Any, path: str) -> model.RouteConfig | None:
-    obj = r.mapping(v, path, ("name", "virtual_hosts"))
+    obj = r.mapping(v, path, ("name", "virtual_hosts", *_HEADER_OP_KEYS))
     if obj is None:
         return None
     name = r.field(obj, path, "name", _string)
+    ops = _header_ops(r, obj, path)
     vhosts = [_virtual_host(r, x, p) for p, x in r.items(obj, path, "virtual_hosts", required=True)]
-    if name is None or None in vhosts:
+    if name is None or None in vhosts or ops is None:
         return None
     seen: dict[str, str] = {}
     for vh, (p, _) in zip(vhosts, r.items(obj, path, "virtual_hosts"), strict=True):
@@ -355,7 +539,7 @@ def _route_config(r: _Reader, v: Any, path: str) -> model.RouteConfig | None:
             if d in seen:
                 r.error(f"{p}.domains[{i}]", f"domain {d!r} already used by virtual host {seen[d]!r}")
             seen[d] = vh.name
-    return model.RouteConfig(name=name, virtual_hosts=tuple(vhosts))
+    return model.RouteConfig(name=name, virtual_hosts=tuple(vhosts), headers=ops)
 
 
 def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
@@ -451,9 +635,16 @@ def load_dict(data: Any) -> model.MeshConfig:
     for i, rc in enumerate(route_configs):
         for j, vh in enumerate(rc.virtual_hosts if rc else ()):
             for k, route in enumerate(vh.routes):
-                if route.route.cluster not in cluster_names and xds is None:
-                    r.error(f"route_configs[{i}].virtual_hosts[{j}].routes[{k}].route.cluster",
-                            f"unknown cluster {route.route.cluster!r}")
+                action = route.route
+                if action is None or xds is not None:
+                    continue
+                where = f"route_configs[{i}].virtual_hosts[{j}].routes[{k}].route"
+                if action.cluster is not None and action.cluster not in cluster_names:
+                    r.error(f"{where}.cluster", f"unknown cluster {action.cluster!r}")
+                for n, wc in enumerate(action.weighted_clusters):
+                    if wc.name not in cluster_names:
+                        r.error(f"{where}.weighted_clusters.clusters[{n}].name",
+                                f"unknown cluster {wc.name!r}")
     drain = r.field(obj, "", "drain_timeout", parse_duration, 5.0)
     if r.errors:
         raise ConfigError(r.errors)

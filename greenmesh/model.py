@@ -78,23 +78,92 @@ class HeaderMatcher:
 
 
 @dataclass(frozen=True, slots=True)
+class QueryParameterMatcher:
+    """Envoy's: the parameter present, or its value matched exactly/prefix/suffix/regex."""
+
+    name: str
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    regex: str | None = None
+    present: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     prefix: str | None = None
     path: str | None = None
+    safe_regex: str | None = None  # the whole path (without the query), full match
+    path_separated_prefix: str | None = None  # /api matches /api and /api/x, not /apix
+    case_sensitive: bool = True
     headers: tuple[HeaderMatcher, ...] = ()
+    query_parameters: tuple[QueryParameterMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderValueOption:
+    key: str
+    value: str
+    append: bool = True  # False: replace any existing value
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    """Header manipulation (Envoy's *_headers_to_add / *_headers_to_remove)."""
+
+    request_add: tuple[HeaderValueOption, ...] = ()
+    request_remove: tuple[str, ...] = ()
+    response_add: tuple[HeaderValueOption, ...] = ()
+    response_remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedCluster:
+    name: str
+    weight: int
 
 
 @dataclass(frozen=True, slots=True)
 class RouteAction:
-    cluster: str
+    """Exactly one of cluster, weighted_clusters, cluster_header names the upstream."""
+
+    cluster: str | None = None
     timeout: float = 15.0  # Envoy's default route timeout; 0 disables it
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    cluster_header: str | None = None
+    prefix_rewrite: str | None = None
+    regex_rewrite: tuple[str, str] | None = None  # (pattern, substitution)
+    host_rewrite_literal: str | None = None
+    auto_host_rewrite: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    scheme_redirect: str | None = None
+    host_redirect: str | None = None
+    port_redirect: int | None = None
+    path_redirect: str | None = None
+    prefix_rewrite: str | None = None
+    response_code: int = 301
+    strip_query: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
+    """Exactly one of route, direct_response, redirect."""
+
     match: RouteMatch
-    route: RouteAction
+    route: RouteAction | None = None
     name: str = ""
+    direct_response: DirectResponse | None = None
+    redirect: Redirect | None = None
+    headers: HeaderOps = HeaderOps()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +171,14 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
+    headers: HeaderOps = HeaderOps()
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
+    headers: HeaderOps = HeaderOps()
 
 
 @dataclass(frozen=True, slots=True)

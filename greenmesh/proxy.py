@@ -22,6 +22,8 @@ from greenmesh.streams.base import (
     Chunk,
     ClientStream,
     DownstreamError,
+    Headers,
+    RequestHead,
     ResponseHead,
     ServerStream,
     StreamError,
@@ -45,7 +47,7 @@ class _Exchange:
     """What one request did: the access log's fields, filled in as the proxy goes."""
 
     __slots__ = ("status", "flags", "upstream", "cluster", "bytes_in", "bytes_out",
-                 "body_done_at", "replay", "replay_ok", "error", "downstream_error")
+                 "body_done_at", "replay", "replay_ok", "error", "downstream_error", "route")
 
     def __init__(self) -> None:
         self.status = 0
@@ -56,6 +58,7 @@ class _Exchange:
         self.bytes_out = 0
         self.body_done_at: float | None = None
         self.downstream_error: DownstreamError | None = None
+        self.route = None  # the matched route (compiled), for response header operations
         self.replay: list[bytes] = []
         self.replay_ok = True
         self.error = ""
@@ -115,6 +118,38 @@ class _Relay:
 class _LocalReply(Exception):
     def __init__(self, status: int, flags: str, body: bytes, headers: tuple = ()):
         self.status, self.flags, self.body, self.headers = status, flags, body, headers
+
+
+def _apply_header_ops(headers: Headers, add: tuple, remove: frozenset) -> Headers:
+    """Envoy's *_headers_to_remove, then *_headers_to_add (append, or overwrite)."""
+    if remove:
+        headers = [(n, v) for n, v in headers if n not in remove]
+    else:
+        headers = list(headers)
+    for key, value, append in add:
+        if not append:
+            headers = [(n, v) for n, v in headers if n != key]
+        headers.append((key, value))
+    return headers
+
+
+def _redirect_location(head: RequestHead, matched) -> bytes:
+    r = matched.route.redirect
+    scheme = (r.scheme_redirect.encode() if r.scheme_redirect else head.scheme) or b"http"
+    authority = head.authority
+    if r.host_redirect is not None:
+        authority = r.host_redirect.encode()
+    if r.port_redirect is not None:
+        host = authority.rsplit(b":", 1)[0] if authority.count(b":") == 1 else authority
+        authority = host + b":%d" % r.port_redirect
+    if r.path_redirect is not None:
+        path = r.path_redirect.encode()
+    else:
+        path = matched.rewrite_path(head.path, r.prefix_rewrite) if r.prefix_rewrite is not None \
+            else head.path
+    if r.strip_query:
+        path = path.split(b"?", 1)[0]
+    return scheme + b"://" + authority + path
 
 
 def _upstream_failure(e: StreamError) -> _LocalReply:
@@ -205,14 +240,30 @@ class Proxy:
     def _forward(self, stream: ServerStream, ex: _Exchange) -> None:
         head = stream.request
         table = self._routes()
-        route = table.match(head) if table is not None else None
-        if route is None:
+        matched = table.match(head) if table is not None else None
+        if matched is None:
             raise _LocalReply(404, "NR", b"")
+        ex.route = matched
+        route = matched.route
+        if route.direct_response is not None:
+            dr = route.direct_response
+            raise _LocalReply(dr.status, "-", dr.body.encode())
+        if route.redirect is not None:
+            raise _LocalReply(route.redirect.response_code, "-", b"",
+                              ((b"location", _redirect_location(head, matched)),))
         action = route.route
-        cluster = self._clusters.get(action.cluster)
-        ex.cluster = action.cluster
+        name = matched.cluster_name(head)
+        ex.cluster = name
+        cluster = self._clusters.get(name) if name else None
         if cluster is None:
             raise _LocalReply(503, "NC", b"cluster not found")
+        if action.prefix_rewrite is not None or action.regex_rewrite is not None:
+            head.path = matched.rewrite_path(head.path, action.prefix_rewrite)
+        if action.host_rewrite_literal is not None:
+            head.authority = action.host_rewrite_literal.encode()
+        if matched.request_add or matched.request_remove:
+            head.headers = _apply_header_ops(head.headers, matched.request_add,
+                                             matched.request_remove)
         timeout = action.timeout or None
         retryable = head.method in IDEMPOTENT
         for attempt in (1, 2):
@@ -220,6 +271,8 @@ class Proxy:
             if host is None:
                 raise _LocalReply(503, "UH", b"no healthy upstream")
             ex.upstream = str(host.address)
+            if action.auto_host_rewrite:
+                head.authority = ex.upstream.encode()
             try:
                 cs = host.pool.new_stream(timeout)
             except (ConnectFailure, PoolClosed) as e:
@@ -334,8 +387,11 @@ class Proxy:
     def _respond(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                  resp: ResponseHead, timeout: float | None) -> None:
         deadline = (ex.body_done_at or _monotonic()) + timeout if timeout else None
-        out = ResponseHead(resp.status, clean_response_headers(resp.headers), resp.reason,
-                           resp.native)
+        headers = clean_response_headers(resp.headers)
+        route = ex.route
+        if route is not None and (route.response_add or route.response_remove):
+            headers = _apply_header_ops(headers, route.response_add, route.response_remove)
+        out = ResponseHead(resp.status, headers, resp.reason, resp.native)
         first = cs.read_body(None, block=False)
         if first is None and not cs.trailers:
             stream.send_headers(out, end_stream=True)

@@ -1,6 +1,7 @@
 """Compiled route tables: a request head in, a route out.
 
-Virtual hosts are found Envoy's way: exact domain, then the longest ``*.suffix``, then ``*``;
+Virtual hosts are found Envoy's way: exact domain, then the longest ``*.suffix``, then the
+longest ``prefix.*``, then ``*``;
 the Host's port is ignored when the exact host-with-port is not listed. (For RPC protocols the
 authority is the target application, empty when absent.) Routes are tried in order and the
 first match wins: path prefix or exact path, and every header matcher.
@@ -8,8 +9,11 @@ first match wins: path prefix or exact path, and every header matcher.
 
 from __future__ import annotations
 
+import bisect
+import random
 import re
 from collections.abc import Callable
+from urllib.parse import unquote_to_bytes
 
 from greenmesh import model
 from greenmesh.streams.base import RequestHead
@@ -25,18 +29,7 @@ class _HeaderCheck:
         self.name = m.name.encode()
         self.present = m.present
         self.invert = m.invert
-        self.test: Callable[[bytes], bool] | None = None
-        if m.exact is not None:
-            self.test = m.exact.encode().__eq__
-        elif m.prefix is not None:
-            prefix = m.prefix.encode()
-            self.test = lambda v: v.startswith(prefix)
-        elif m.suffix is not None:
-            suffix = m.suffix.encode()
-            self.test = lambda v: v.endswith(suffix)
-        elif m.regex is not None:
-            rx = re.compile(m.regex.encode())
-            self.test = lambda v: rx.fullmatch(v) is not None
+        self.test = _string_test(m.exact, m.prefix, m.suffix, m.regex)
 
     def matches(self, head: RequestHead) -> bool:
         value = head.get(self.name)
@@ -47,53 +40,179 @@ class _HeaderCheck:
         return result != self.invert
 
 
-class _CompiledRoute:
-    __slots__ = ("route", "prefix", "path", "headers")
+def _string_test(exact, prefix, suffix, regex) -> Callable[[bytes], bool] | None:
+    if exact is not None:
+        return exact.encode().__eq__
+    if prefix is not None:
+        p = prefix.encode()
+        return lambda v: v.startswith(p)
+    if suffix is not None:
+        x = suffix.encode()
+        return lambda v: v.endswith(x)
+    if regex is not None:
+        rx = re.compile(regex.encode())
+        return lambda v: rx.fullmatch(v) is not None
+    return None
 
-    def __init__(self, route: model.Route):
+
+class _QueryCheck:
+    __slots__ = ("name", "test", "present")
+
+    def __init__(self, m: model.QueryParameterMatcher):
+        self.name = m.name.encode()
+        self.present = m.present
+        self.test = _string_test(m.exact, m.prefix, m.suffix, m.regex)
+
+    def matches(self, query: dict[bytes, bytes]) -> bool:
+        value = query.get(self.name)
+        if self.test is None:
+            return (value is not None) == self.present
+        return value is not None and self.test(value)
+
+
+def _query(path: bytes) -> dict[bytes, bytes]:
+    q = path.find(b"?")
+    if q < 0:
+        return {}
+    out: dict[bytes, bytes] = {}
+    for part in path[q + 1:].split(b"&"):
+        k, _, v = part.partition(b"=")
+        out.setdefault(unquote_to_bytes(k.replace(b"+", b" ")),
+                       unquote_to_bytes(v.replace(b"+", b" ")))
+    return out
+
+
+class _CompiledRoute:
+    """A route, compiled once: its path test, header and query checks, and the header
+    operations of its route, virtual host and route config merged (route first, as Envoy)."""
+
+    __slots__ = ("route", "path_test", "headers", "queries", "request_add", "request_remove",
+                 "response_add", "response_remove", "_weighted", "_rewrite")
+
+    def __init__(self, route: model.Route, *outer: model.HeaderOps):
         self.route = route
         m = route.match
-        self.prefix = m.prefix.encode() if m.prefix is not None else None
-        self.path = m.path.encode() if m.path is not None else None
+        self.path_test = self._path_test(m)
         self.headers = tuple(_HeaderCheck(h) for h in m.headers)
+        self.queries = tuple(_QueryCheck(q) for q in m.query_parameters)
+        levels = (route.headers, *outer)
+        self.request_add = tuple((o.key.encode(), o.value.encode(), o.append)
+                                 for ops in levels for o in ops.request_add)
+        self.request_remove = frozenset(n.encode() for ops in levels for n in ops.request_remove)
+        self.response_add = tuple((o.key.encode(), o.value.encode(), o.append)
+                                  for ops in levels for o in ops.response_add)
+        self.response_remove = frozenset(n.encode() for ops in levels
+                                         for n in ops.response_remove)
+        action = route.route
+        self._weighted = None
+        if action is not None and action.weighted_clusters:
+            total, cumulative = 0, []
+            for wc in action.weighted_clusters:
+                total += wc.weight
+                cumulative.append(total)
+            self._weighted = ([wc.name for wc in action.weighted_clusters], cumulative, total)
+        self._rewrite = None
+        if action is not None and action.regex_rewrite is not None:
+            pattern, substitution = action.regex_rewrite
+            self._rewrite = (re.compile(pattern.encode()), substitution.encode())
+
+    def cluster_name(self, head: RequestHead) -> str | None:
+        """The upstream cluster for this request: fixed, weighted (random by weight), or named
+        by a request header."""
+        action = self.route.route
+        if action.cluster is not None:
+            return action.cluster
+        if self._weighted is not None:
+            names, cumulative, total = self._weighted
+            return names[bisect.bisect_right(cumulative, random.random() * total)]
+        value = head.get(action.cluster_header.encode())
+        return value.decode("latin-1") if value else None
+
+    def rewrite_path(self, path: bytes, prefix_rewrite: str | None) -> bytes:
+        """Envoy's prefix_rewrite (the matched prefix, or the whole path for an exact match)
+        and regex_rewrite (on the path without its query)."""
+        q = path.find(b"?")
+        bare, query = (path, b"") if q < 0 else (path[:q], path[q:])
+        m = self.route.match
+        if prefix_rewrite is not None:
+            new = prefix_rewrite.encode()
+            matched = m.prefix or m.path_separated_prefix
+            if matched is not None:
+                bare = new + bare[len(matched):]
+            else:
+                bare = new
+        elif self._rewrite is not None:
+            rx, substitution = self._rewrite
+            bare = rx.sub(substitution, bare)
+        return bare + query
+
+    @staticmethod
+    def _path_test(m: model.RouteMatch) -> Callable[[bytes], bool]:
+        fold = (lambda p: p.lower()) if not m.case_sensitive else (lambda p: p)
+
+        def no_query(p: bytes) -> bytes:
+            q = p.find(b"?")
+            return p if q < 0 else p[:q]
+        if m.prefix is not None:
+            prefix = fold(m.prefix.encode())
+            return lambda p: fold(p).startswith(prefix)
+        if m.path is not None:
+            # An exact path match ignores the query string, as Envoy's ``path`` does.
+            exact = fold(m.path.encode())
+            return lambda p: fold(no_query(p)) == exact
+        if m.safe_regex is not None:
+            rx = re.compile(m.safe_regex.encode(), 0 if m.case_sensitive else re.IGNORECASE)
+            return lambda p: rx.fullmatch(no_query(p)) is not None
+        if m.path_separated_prefix is not None:
+            sep = fold(m.path_separated_prefix.encode())
+            n = len(sep)
+
+            def separated(p: bytes) -> bool:
+                p = fold(no_query(p))
+                return p.startswith(sep) and (len(p) == n or p[n:n + 1] == b"/")
+            return separated
+        return lambda p: True  # headers or query parameters alone
 
     def matches(self, head: RequestHead) -> bool:
-        path = head.path
-        if self.prefix is not None:
-            if not path.startswith(self.prefix):
-                return False
-        elif self.path is not None:
-            # An exact path match ignores the query string, as Envoy's ``path`` does.
-            q = path.find(b"?")
-            if (path if q < 0 else path[:q]) != self.path:
-                return False
+        if not self.path_test(head.path):
+            return False
         for check in self.headers:
             if not check.matches(head):
                 return False
+        if self.queries:
+            query = _query(head.path)
+            for check in self.queries:
+                if not check.matches(query):
+                    return False
         return True
 
 
 class RouteTable:
-    __slots__ = ("config", "name", "_exact", "_suffixes", "_default")
+    __slots__ = ("config", "name", "_exact", "_suffixes", "_prefixes", "_default")
 
     def __init__(self, config: model.RouteConfig):
         self.config = config
         self.name = config.name
         self._exact: dict[bytes, tuple[_CompiledRoute, ...]] = {}
         suffixes: list[tuple[bytes, tuple[_CompiledRoute, ...]]] = []
+        prefixes: list[tuple[bytes, tuple[_CompiledRoute, ...]]] = []
         self._default: tuple[_CompiledRoute, ...] | None = None
         for vh in config.virtual_hosts:
-            routes = tuple(_CompiledRoute(r) for r in vh.routes)
+            routes = tuple(_CompiledRoute(r, vh.headers, config.headers) for r in vh.routes)
             for domain in vh.domains:
                 d = domain.encode()
                 if d == b"*":
                     self._default = routes
                 elif d.startswith(b"*"):
                     suffixes.append((d[1:], routes))
+                elif d.endswith(b"*"):
+                    prefixes.append((d[:-1], routes))
                 else:
                     self._exact[d] = routes
         suffixes.sort(key=lambda s: len(s[0]), reverse=True)
+        prefixes.sort(key=lambda s: len(s[0]), reverse=True)
         self._suffixes = tuple(suffixes)
+        self._prefixes = tuple(prefixes)
 
     def _virtual_host(self, authority: bytes) -> tuple[_CompiledRoute, ...] | None:
         host = authority.lower()
@@ -109,13 +228,17 @@ class RouteTable:
         for suffix, routes in self._suffixes:
             if host.endswith(suffix) and len(host) > len(suffix):
                 return routes
+        for prefix, routes in self._prefixes:
+            if host.startswith(prefix) and len(host) > len(prefix):
+                return routes
         return self._default
 
-    def match(self, head: RequestHead) -> model.Route | None:
+    def match(self, head: RequestHead) -> _CompiledRoute | None:
+        """The matching route (``.route`` is its config) with its header operations."""
         routes = self._virtual_host(head.authority)
         if routes is None:
             return None
         for r in routes:
             if r.matches(head):
-                return r.route
+                return r
         return None

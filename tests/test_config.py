@@ -106,7 +106,8 @@ def test_unknown_keys_and_missing_keys():
     assert "listeners[0].address: required" in errs
     assert "route_configs[0].virtual_hosts[0].routes[0].match.prefix: " \
            "expected a path starting with /" in errs
-    assert "route_configs[0].virtual_hosts[0].routes[0].route.cluster: required" in errs
+    assert "route_configs[0].virtual_hosts[0].routes[0].route: expected exactly one of cluster, " \
+           "weighted_clusters, cluster_header" in errs
 
 
 def test_cross_references_and_duplicates():

@@ -22,7 +22,7 @@ def table(*vhosts: tuple[str, tuple[str, ...], list[tuple[str, str]]]) -> RouteT
 
 def pick(t: RouteTable, host: str, path: str) -> str | None:
     r = t.match(RequestHead(b"GET", path.encode(), host.encode(), b"http", []))
-    return r.route.cluster if r else None
+    return r.route.route.cluster if r else None
 
 
 def test_virtual_host_order_exact_then_longest_suffix_then_star():
@@ -89,7 +89,7 @@ def which(t: RouteTable, headers: dict[str, str]) -> str | None:
     head = RequestHead(b"GET", b"/", b"h", b"http",
                        [(k.encode(), v.encode()) for k, v in headers.items()])
     r = t.match(head)
-    return r.route.cluster if r else None
+    return r.route.route.cluster if r else None
 
 
 def test_header_matchers_v3_and_legacy_spellings():
