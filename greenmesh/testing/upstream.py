@@ -62,7 +62,7 @@ class Handler(WSGIHandler):
 def app(environ, start_response):
     path = environ["PATH_INFO"]
     headers = [("x-upstream", NAME), ("x-upstream-connections", str(environ["upstream.connections"]))]
-    if path == "/echo":
+    if path == "/echo" or path.startswith("/echo/"):
         body = environ["wsgi.input"].read()
         req_headers = {k[5:].lower().replace("_", "-"): v for k, v in environ.items()
                        if k.startswith("HTTP_")}
