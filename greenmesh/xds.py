@@ -181,11 +181,18 @@ class XdsClient:
         try:
             resources = list(response.resources)  # Any: each handler decodes its own way
             handler(resources)
-        except (xds_convert.ConvertError, TypeError, ValueError, KeyError) as e:
+        except Exception as e:
+            # Refused resources and converter bugs alike: NACK, keep the old config and the
+            # stream (a bug must not turn into a reconnect loop).
+            if isinstance(e, xds_convert.ConvertError | TypeError | ValueError | KeyError):
+                detail = str(e)
+            else:
+                log.exception("xds_convert_failed", type_url=type_url)
+                detail = f"internal error converting the resources: {e!r}"
             log.warning("xds_nack", type_url=type_url, version=response.version_info,
-                        error=str(e))
+                        error=detail)
             self.mesh.stats.inc("xds.nack")
-            self._outbox.put(("nack", type_url, response.nonce, str(e)))
+            self._outbox.put(("nack", type_url, response.nonce, detail))
             return
         self.mesh.stats.inc("xds.ack")
         log.info("xds_ack", type_url=type_url.rsplit(".", 1)[1], version=response.version_info,

@@ -180,51 +180,137 @@ def listener(lst: Listener, conv: Conversion) -> tuple[model.Listener, model.Rou
                           route_config=route_name, protocol=protocol, **extra), inline
 
 
+_HEADER_OP_FIELDS = {"request_headers_to_add", "request_headers_to_remove",
+                     "response_headers_to_add", "response_headers_to_remove"}
+_REDIRECT_CODES = (301, 302, 303, 307, 308)  # Envoy's RedirectResponseCode enum, in order
+
+
+def _header_ops(msg, where: str) -> model.HeaderOps:
+    def adds(options, key: str) -> tuple[model.HeaderValueOption, ...]:
+        out = []
+        for i, o in enumerate(options):
+            if o.header is None:
+                raise ConvertError(f"{where}.{key}[{i}].header: required")
+            # append (the deprecated bool) wins when set; else the append_action (1 is
+            # ADD_IF_ABSENT, treated as append; 2 and 3 overwrite).
+            append = o.append if o.append is not None else int(o.append_action) < 2
+            out.append(model.HeaderValueOption(o.header.key.lower(), o.header.value, append))
+        return tuple(out)
+    return model.HeaderOps(
+        adds(msg.request_headers_to_add, "request_headers_to_add"),
+        tuple(n.lower() for n in msg.request_headers_to_remove),
+        adds(msg.response_headers_to_add, "response_headers_to_add"),
+        tuple(n.lower() for n in msg.response_headers_to_remove))
+
+
 def route_config(rc: RouteConfiguration, conv: Conversion, name: str | None = None
                  ) -> model.RouteConfig:
     name = name or rc.name
     where = f"route_configuration {name!r}"
-    conv.check(where, rc, {"name", "virtual_hosts"})
+    conv.check(where, rc, {"name", "virtual_hosts", *_HEADER_OP_FIELDS})
     vhosts = []
     for i, vh in enumerate(rc.virtual_hosts):
         vwhere = f"{where}.virtual_hosts[{i}]"
-        conv.check(vwhere, vh, {"name", "domains", "routes"})
+        conv.check(vwhere, vh, {"name", "domains", "routes", *_HEADER_OP_FIELDS})
         routes = [_route(r, conv, f"{vwhere}.routes[{j}]") for j, r in enumerate(vh.routes)]
         domains = tuple(d.lower() for d in vh.domains)
         if not domains:
             raise ConvertError(f"{vwhere}.domains: empty")
-        vhosts.append(model.VirtualHost(vh.name, domains, tuple(routes)))
-    return model.RouteConfig(name, tuple(vhosts))
+        vhosts.append(model.VirtualHost(vh.name, domains, tuple(routes),
+                                        headers=_header_ops(vh, vwhere)))
+    return model.RouteConfig(name, tuple(vhosts), headers=_header_ops(rc, where))
+
+
+def _string_kinds(sm, where: str) -> dict:
+    kinds = {}
+    if sm is not None:
+        for k in ("exact", "prefix", "suffix"):
+            if getattr(sm, k) is not None:
+                kinds[k] = getattr(sm, k)
+        if sm.safe_regex is not None:
+            kinds["regex"] = sm.safe_regex.regex
+        if sm.contains is not None or sm.ignore_case:
+            raise ConvertError(f"{where}.string_match: contains / ignore_case not supported")
+    return kinds
+
+
+def _match(m, conv: Conversion, where: str) -> model.RouteMatch:
+    # A condition greenmesh cannot evaluate refuses the resource (misrouting is worse).
+    conv.check(where, m, {"prefix", "path", "safe_regex", "path_separated_prefix", "headers",
+                          "query_parameters", "case_sensitive"},
+               refuse={"connect_matcher", "path_match_policy", "runtime_fraction", "cookies",
+                       "grpc", "tls_context", "dynamic_metadata", "filter_state"})
+    queries = []
+    for k, q in enumerate(m.query_parameters):
+        kinds = _string_kinds(q.string_match, f"{where}.query_parameters[{k}]")
+        queries.append(model.QueryParameterMatcher(
+            name=q.name, present=q.present_match if q.present_match is not None else True,
+            **kinds))
+    return model.RouteMatch(
+        prefix=m.prefix, path=m.path,
+        safe_regex=m.safe_regex.regex if m.safe_regex is not None else None,
+        path_separated_prefix=m.path_separated_prefix or None,  # oneof members: None if unset
+        case_sensitive=m.case_sensitive if m.case_sensitive is not None else True,
+        headers=tuple(_header(h, f"{where}.headers[{k}]") for k, h in enumerate(m.headers)),
+        query_parameters=tuple(queries))
 
 
 def _route(r, conv: Conversion, where: str) -> model.Route:
-    m = r.match
-    if m is None:
+    if r.match is None:
         raise ConvertError(f"{where}.match: required")
-    # A condition greenmesh cannot evaluate refuses the resource (misrouting is worse).
-    conv.check(f"{where}.match", m, {"prefix", "path", "headers", "case_sensitive"},
-               refuse={"safe_regex", "connect_matcher", "path_separated_prefix",
-                       "path_match_policy", "runtime_fraction", "query_parameters", "cookies",
-                       "grpc", "tls_context", "dynamic_metadata", "filter_state"})
-    if m.case_sensitive is not None and not m.case_sensitive:
-        raise ConvertError(f"{where}.match.case_sensitive: false is not supported")
-    headers = tuple(_header(h, f"{where}.match.headers[{k}]") for k, h in enumerate(m.headers))
+    conv.check(where, r, {"name", "match", "route", "direct_response", "redirect",
+                          *_HEADER_OP_FIELDS}, refuse={"filter_action", "non_forwarding_action"})
+    match = _match(r.match, conv, f"{where}.match")
+    ops = _header_ops(r, where)
+    if r.direct_response is not None:
+        d = r.direct_response
+        body = d.body.inline_string if d.body is not None and d.body.inline_string else ""
+        if d.body is not None and (d.body.filename or d.body.inline_bytes):
+            raise ConvertError(f"{where}.direct_response.body: only inline_string is supported")
+        return model.Route(match=match, name=r.name, headers=ops,
+                           direct_response=model.DirectResponse(d.status, body))
+    if r.redirect is not None:
+        d = r.redirect
+        conv.check(f"{where}.redirect", d, {"https_redirect", "scheme_redirect", "host_redirect",
+                                            "port_redirect", "path_redirect", "prefix_rewrite",
+                                            "response_code", "strip_query"},
+                   refuse={"regex_rewrite", "path_rewrite"})
+        return model.Route(match=match, name=r.name, headers=ops, redirect=model.Redirect(
+            scheme_redirect="https" if d.https_redirect else (d.scheme_redirect or None),
+            host_redirect=d.host_redirect or None, port_redirect=d.port_redirect or None,
+            path_redirect=d.path_redirect or None, prefix_rewrite=d.prefix_rewrite or None,
+            response_code=_REDIRECT_CODES[int(d.response_code)], strip_query=d.strip_query))
     if r.route is None:
-        raise ConvertError(f"{where}: only route actions are supported (not redirect or "
-                           "direct_response yet)")
+        raise ConvertError(f"{where}: expected route, redirect or direct_response")
     a = r.route
-    conv.check(f"{where}.route", a, {"cluster", "timeout"},
-               refuse={"cluster_header", "weighted_clusters", "cluster_specifier_plugin",
-                       "inline_cluster_specifier_plugin", "prefix_rewrite", "regex_rewrite",
-                       "path_rewrite_policy", "path_rewrite", "host_rewrite_literal",
-                       "auto_host_rewrite", "host_rewrite_header", "host_rewrite_path_regex",
-                       "upgrade_configs"})
-    if not a.cluster:
-        raise ConvertError(f"{where}.route.cluster: required")
-    conv.check(where, r, {"name", "match", "route"}, refuse={"redirect", "direct_response"})
-    return model.Route(match=model.RouteMatch(prefix=m.prefix, path=m.path, headers=headers),
-                       route=model.RouteAction(a.cluster, _seconds(a.timeout, 15.0)),
-                       name=r.name)
+    conv.check(f"{where}.route", a, {"cluster", "timeout", "weighted_clusters", "cluster_header",
+                                     "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
+                                     "auto_host_rewrite"},
+               refuse={"cluster_specifier_plugin", "inline_cluster_specifier_plugin",
+                       "path_rewrite_policy", "path_rewrite", "host_rewrite_header",
+                       "host_rewrite_path_regex", "upgrade_configs"})
+    weighted = ()
+    if a.weighted_clusters is not None:
+        wwhere = f"{where}.route.weighted_clusters"
+        for k, c in enumerate(a.weighted_clusters.clusters):
+            conv.check(f"{wwhere}.clusters[{k}]", c, {"name", "weight"},
+                       refuse={"cluster_header"})
+        weighted = tuple(model.WeightedCluster(c.name, c.weight or 0)
+                         for c in a.weighted_clusters.clusters)
+        if not any(c.weight for c in weighted):
+            raise ConvertError(f"{wwhere}: the weights add up to 0")
+    if not (a.cluster or weighted or a.cluster_header):
+        raise ConvertError(f"{where}.route: expected cluster, weighted_clusters or "
+                           "cluster_header")
+    regex_rewrite = None
+    if a.regex_rewrite is not None and a.regex_rewrite.pattern is not None:
+        regex_rewrite = (a.regex_rewrite.pattern.regex, a.regex_rewrite.substitution)
+    return model.Route(match=match, name=r.name, headers=ops, route=model.RouteAction(
+        cluster=a.cluster or None, timeout=_seconds(a.timeout, 15.0),
+        weighted_clusters=weighted, cluster_header=(a.cluster_header or "").lower() or None,
+        prefix_rewrite=a.prefix_rewrite or None, regex_rewrite=regex_rewrite,
+        host_rewrite_literal=a.host_rewrite_literal or None,
+        auto_host_rewrite=bool(a.auto_host_rewrite)))
 
 
 def _header(h, where: str) -> model.HeaderMatcher:

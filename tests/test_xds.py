@@ -31,13 +31,13 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteAction,
     RouteConfiguration,
     RouteMatch,
+    RouteMatchGrpcRouteMatchOptions,
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     Rds,
 )
-from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher
 from envoy_data_plane.google.protobuf import Any
 
 from greenmesh.testing.controlplane import CDS, EDS, LDS, RDS, ControlPlane
@@ -179,11 +179,12 @@ def test_invalid_resource_is_nacked_and_old_config_keeps_serving(cp, start_mesh,
     # A route condition greenmesh cannot evaluate is refused too, naming the field.
     cp.set(LDS, [listener("l2", free_port(), "r2")])
     rc = route_config("r2", "dyn")
-    rc.virtual_hosts[0].routes[0].match = RouteMatch(safe_regex=RegexMatcher(regex="/a.*"))
+    rc.virtual_hosts[0].routes[0].match = RouteMatch(prefix="/",
+                                                     grpc=RouteMatchGrpcRouteMatchOptions())
     cp.set(RDS, [rc])
     assert cp.wait_for(lambda: cp.nacks(RDS))
     assert cp.nacks(RDS)[0].error_detail.message == \
-        "route_configuration 'r2'.virtual_hosts[0].routes[0].match.safe_regex: not supported"
+        "route_configuration 'r2'.virtual_hosts[0].routes[0].match.grpc: not supported"
 
 
 def test_control_plane_lost_and_back(cp, start_mesh, ups):
@@ -318,3 +319,33 @@ def test_control_plane_serves_a_directory_and_pushes_edits(start_mesh, ups, tmp_
     finally:
         plane.terminate()
         plane.wait()
+
+
+def test_rds_route_actions_convert(cp, start_mesh, ups):
+    from envoy_data_plane.envoy.config.core.v3 import DataSource, HeaderValue, HeaderValueOption
+    from envoy_data_plane.envoy.config.route.v3 import (
+        DirectResponseAction,
+        RedirectAction,
+        WeightedCluster,
+        WeightedClusterClusterWeight,
+    )
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    new_port = free_port()
+    cp.set(LDS, [listener("routes-in", new_port, "r3")])
+    rc = RouteConfiguration(name="r3", virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[
+        Route(match=RouteMatch(path="/health"), direct_response=DirectResponseAction(
+            status=204, body=DataSource(inline_string=""))),
+        Route(match=RouteMatch(prefix="/old"), redirect=RedirectAction(path_redirect="/new")),
+        Route(match=RouteMatch(prefix="/"), route=RouteAction(weighted_clusters=WeightedCluster(
+            clusters=[WeightedClusterClusterWeight(name="dyn", weight=1)])),
+            request_headers_to_add=[HeaderValueOption(
+                header=HeaderValue(key="x-from", value="rds"))])])])
+    cp.set(RDS, [rc])
+    assert until(lambda: _safe_get(new_port) == (200, "up1"))
+    assert get(new_port, "/health")[0] == 204
+    assert get(new_port, "/old")[0] == 301
+    conn = http.client.HTTPConnection("127.0.0.1", new_port, timeout=5)
+    conn.request("GET", "/echo")
+    assert b'"x-from": "rds"' in conn.getresponse().read()
+    assert not cp.nacks(RDS)
