@@ -392,10 +392,44 @@ def _match(r: _Reader, v: Any, path: str) -> model.RouteMatch | None:
                             headers=tuple(headers), query_parameters=tuple(queries))
 
 
+def _retry_on(value: Any) -> tuple[str, ...]:
+    items = [x.strip() for x in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(x not in model.RETRY_ON for x in items):
+        raise _Invalid(f"expected a comma-separated list of {', '.join(model.RETRY_ON)}")
+    return tuple(items)
+
+
+def _retry_policy(r: _Reader, v: Any, path: str) -> model.RetryPolicy | None:
+    obj = r.mapping(v, path, ("retry_on", "num_retries", "per_try_timeout",
+                              "retriable_status_codes", "retry_back_off"))
+    if obj is None:
+        return None
+    retry_on = r.field(obj, path, "retry_on", _retry_on)
+    num = r.field(obj, path, "num_retries", _count, 1)
+    per_try = r.field(obj, path, "per_try_timeout", parse_duration, None)
+    codes = []
+    for p, c in r.items(obj, path, "retriable_status_codes"):
+        try:
+            codes.append(_status(c))
+        except _Invalid as e:
+            r.error(p, str(e))
+    base, top = 0.025, None
+    if obj.get("retry_back_off") is not None:
+        bpath = _join(path, "retry_back_off")
+        b = r.mapping(obj["retry_back_off"], bpath, ("base_interval", "max_interval"))
+        if b is not None:
+            base = r.field(b, bpath, "base_interval", parse_duration)
+            top = r.field(b, bpath, "max_interval", parse_duration, None)
+    if retry_on is None or num is None or base is None or len(codes) != len(
+            obj.get("retriable_status_codes") or []):
+        return None
+    return model.RetryPolicy(retry_on, num, per_try or None, tuple(codes), base, top)
+
+
 def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
     a = r.mapping(v, path, ("cluster", "weighted_clusters", "cluster_header", "timeout",
                             "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-                            "auto_host_rewrite"))
+                            "auto_host_rewrite", "retry_policy"))
     if a is None:
         return None
     cluster = r.field(a, path, "cluster", _string, None)
@@ -426,16 +460,18 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
             if pattern is not None and sub is not None:
                 regex_rewrite = (pattern, sub)
     timeout = r.field(a, path, "timeout", parse_duration, 15.0)
+    retry = _optional(r, a, path, "retry_policy", _retry_policy)
     prefix_rewrite = r.field(a, path, "prefix_rewrite", str, None)
     host = r.field(a, path, "host_rewrite_literal", _string, None)
     auto = r.field(a, path, "auto_host_rewrite", _boolean, False)
     if (timeout is None or auto is None or (cluster is None and header is None and not weighted)
-            or ("regex_rewrite" in a and regex_rewrite is None)):
+            or ("regex_rewrite" in a and regex_rewrite is None) or retry is ...):
         return None
     return model.RouteAction(cluster=cluster, timeout=timeout, weighted_clusters=tuple(weighted),
                              cluster_header=header.lower() if header else None,
                              prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
-                             host_rewrite_literal=host, auto_host_rewrite=auto)
+                             host_rewrite_literal=host, auto_host_rewrite=auto,
+                             retry_policy=retry)
 
 
 def _direct(r: _Reader, v: Any, path: str) -> model.DirectResponse | None:

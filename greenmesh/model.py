@@ -123,6 +123,23 @@ class WeightedCluster:
     weight: int
 
 
+RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes",
+            "refused-stream")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Envoy's retry_policy. Each retry picks a host again; a request body is replayed only
+    if it fit in the replay buffer."""
+
+    retry_on: tuple[str, ...]
+    num_retries: int = 1
+    per_try_timeout: float | None = None
+    retriable_status_codes: tuple[int, ...] = ()
+    base_interval: float = 0.025  # exponential back-off with jitter, as Envoy
+    max_interval: float | None = None  # default: 10 x base_interval
+
+
 @dataclass(frozen=True, slots=True)
 class RouteAction:
     """Exactly one of cluster, weighted_clusters, cluster_header names the upstream."""
@@ -135,6 +152,7 @@ class RouteAction:
     regex_rewrite: tuple[str, str] | None = None  # (pattern, substitution)
     host_rewrite_literal: str | None = None
     auto_host_rewrite: bool = False
+    retry_policy: RetryPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

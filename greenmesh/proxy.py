@@ -6,6 +6,7 @@ Response flags and local-reply texts follow Envoy's, so operators can read both 
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from http import HTTPStatus
@@ -118,6 +119,73 @@ class _Relay:
 class _LocalReply(Exception):
     def __init__(self, status: int, flags: str, body: bytes, headers: tuple = ()):
         self.status, self.flags, self.body, self.headers = status, flags, body, headers
+
+
+class _RetryStatus(Exception):
+    """The upstream's response status is one the route retries on."""
+
+
+def _replayable(stream: ServerStream, ex: _Exchange) -> bool:
+    """Whether the request can be sent again: all of it was read and kept."""
+    return ex.replay_ok and not stream.response_started and (
+        stream.request_complete or ex.body_done_at is not None)
+
+
+def _retry_conditions(e: StreamError) -> tuple[str, ...]:
+    """The retry_on conditions an upstream failure satisfies (Envoy's meanings)."""
+    if isinstance(e, StreamTimeout):  # a per-try timeout
+        return ("5xx", "gateway-error", "reset")
+    if isinstance(e, StreamReset):
+        refused = "REFUSED_STREAM" in str(e)
+        return ("5xx", "gateway-error", "reset", *(("refused-stream",) if refused else ()))
+    return ("5xx",)
+
+
+class _Retries:
+    """A route's retry policy applied to one request: budget, conditions, back-off."""
+
+    __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_key")
+
+    def __init__(self, policy, timeout: float | None, stats: Stats, cluster: str):
+        self.policy = policy
+        self.left = policy.num_retries if policy else 0
+        self.done = 0
+        self.deadline = _monotonic() + timeout if timeout else None
+        per_try = policy.per_try_timeout if policy else None
+        self.try_timeout = (min(per_try, timeout) if per_try and timeout else per_try or timeout)
+        self._stats = stats
+        self._key = f"cluster.{cluster}.upstream_rq_retry"
+
+    def allow(self, replayable: bool, *conditions: str) -> bool:
+        """Spends a retry (and sleeps the back-off) if the policy covers one of conditions."""
+        policy = self.policy
+        if (not self.left or not replayable or policy is None
+                or not any(c in policy.retry_on for c in conditions)):
+            return False
+        return self._spend()
+
+    def allow_status(self, status: int, replayable: bool) -> bool:
+        policy = self.policy
+        if not self.left or not replayable or policy is None:
+            return False
+        on = policy.retry_on
+        if not ((status >= 500 and "5xx" in on)
+                or (status in (502, 503, 504) and "gateway-error" in on)
+                or (status in policy.retriable_status_codes and "retriable-status-codes" in on)):
+            return False
+        return self._spend()
+
+    def _spend(self) -> bool:
+        base = self.policy.base_interval
+        cap = self.policy.max_interval or 10 * base
+        delay = random.uniform(0, min(cap, base * (2 ** self.done)))
+        if self.deadline is not None and _monotonic() + delay >= self.deadline:
+            return False  # no time left for another try
+        self.left -= 1
+        self.done += 1
+        self._stats.inc(self._key)
+        gevent.sleep(delay)
+        return True
 
 
 def _apply_header_ops(headers: Headers, add: tuple, remove: frozenset) -> Headers:
@@ -265,8 +333,12 @@ class Proxy:
             head.headers = _apply_header_ops(head.headers, matched.request_add,
                                              matched.request_remove)
         timeout = action.timeout or None
-        retryable = head.method in IDEMPOTENT
-        for attempt in (1, 2):
+        policy = action.retry_policy
+        retries = _Retries(policy, timeout, stats=self._stats, cluster=name)
+        stale_retry = head.method in IDEMPOTENT  # one free retry on a stale keep-alive
+        attempt = 0
+        while True:
+            attempt += 1
             host = cluster.lb.pick()
             if host is None:
                 raise _LocalReply(503, "UH", b"no healthy upstream")
@@ -277,6 +349,8 @@ class Proxy:
                 cs = host.pool.new_stream(timeout)
             except (ConnectFailure, PoolClosed) as e:
                 ex.error = str(e)
+                if retries.allow(_replayable(stream, ex), "connect-failure"):
+                    continue
                 raise _LocalReply(503, "UF", b"upstream connect error or disconnect/reset before "
                                   b"headers. reset reason: connection failure") from None
             except PoolOverflow:
@@ -285,32 +359,37 @@ class Proxy:
             except StreamTimeout:
                 raise _LocalReply(504, "UT", b"upstream request timeout") from None
             try:
-                self._exchange(stream, cs, ex, timeout, attempt)
+                self._exchange(stream, cs, ex, timeout, attempt, retries)
                 return
+            except _RetryStatus:
+                cs.reset("retrying")
+                continue
             except StreamError as e:
                 cs.reset(str(e))
                 if isinstance(e, DownstreamError):
                     raise
                 if ex.downstream_error:  # the pump saw the client go; nobody is left to answer
                     raise ex.downstream_error from None
-                if (type(e) is StreamReset and attempt == 1 and retryable and cs.reused
-                        and not cs.response_started and ex.replay_ok
-                        and not stream.response_started
-                        and (stream.request_complete or ex.body_done_at is not None)):
+                replayable = _replayable(stream, ex)
+                if (type(e) is StreamReset and stale_retry and cs.reused
+                        and not cs.response_started and replayable):
+                    stale_retry = False
                     self._stats.inc("upstream_rq_retry")
                     continue  # a stale keep-alive connection: once more on another
+                if retries.allow(replayable, *_retry_conditions(e)):
+                    continue
                 ex.error = str(e)
                 raise _upstream_failure(e) from None
 
     def _exchange(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
-                  timeout: float | None, attempt: int) -> None:
+                  timeout: float | None, attempt: int, retries: _Retries) -> None:
         head = stream.request
         pump = None
         stream.on_reset(lambda: self._downstream_reset(ex, cs))
         if stream.request_complete:
             ex.body_done_at = _monotonic()
             cs.send_headers(head, end_stream=True)
-        elif attempt == 2:  # the whole body is in the replay buffer
+        elif attempt > 1:  # the whole body is in the replay buffer
             cs.send_headers(head, end_stream=False)
             replay = iter(ex.replay)
             _Relay(lambda block: next(replay, None), stream, cs, _ignore).run(block=True)
@@ -322,7 +401,8 @@ class Proxy:
             else:
                 pump = gevent.spawn(self._pump_request, relay, cs, ex)
         try:
-            resp = self._await_response(stream, cs, ex, timeout)
+            try_timeout = retries.try_timeout
+            resp = self._await_response(stream, cs, ex, try_timeout)
             while resp.status < 200:
                 if resp.status == 101:
                     if not head.upgrade:
@@ -333,7 +413,9 @@ class Proxy:
                     stream.send_informational(ResponseHead(resp.status,
                                                            clean_response_headers(resp.headers),
                                                            resp.reason))
-                resp = self._await_response(stream, cs, ex, timeout)
+                resp = self._await_response(stream, cs, ex, try_timeout)
+            if retries.allow_status(resp.status, _replayable(stream, ex)):
+                raise _RetryStatus  # before anything of this response reaches the client
             ex.status = resp.status
             self._respond(stream, cs, ex, resp, timeout)
         finally:

@@ -285,7 +285,7 @@ def _route(r, conv: Conversion, where: str) -> model.Route:
     a = r.route
     conv.check(f"{where}.route", a, {"cluster", "timeout", "weighted_clusters", "cluster_header",
                                      "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-                                     "auto_host_rewrite"},
+                                     "auto_host_rewrite", "retry_policy"},
                refuse={"cluster_specifier_plugin", "inline_cluster_specifier_plugin",
                        "path_rewrite_policy", "path_rewrite", "host_rewrite_header",
                        "host_rewrite_path_regex", "upgrade_configs"})
@@ -305,12 +305,34 @@ def _route(r, conv: Conversion, where: str) -> model.Route:
     regex_rewrite = None
     if a.regex_rewrite is not None and a.regex_rewrite.pattern is not None:
         regex_rewrite = (a.regex_rewrite.pattern.regex, a.regex_rewrite.substitution)
+    retry = _retry_policy(a.retry_policy, conv, f"{where}.route.retry_policy") \
+        if a.retry_policy is not None else None
     return model.Route(match=match, name=r.name, headers=ops, route=model.RouteAction(
+        retry_policy=retry,
         cluster=a.cluster or None, timeout=_seconds(a.timeout, 15.0),
         weighted_clusters=weighted, cluster_header=(a.cluster_header or "").lower() or None,
         prefix_rewrite=a.prefix_rewrite or None, regex_rewrite=regex_rewrite,
         host_rewrite_literal=a.host_rewrite_literal or None,
         auto_host_rewrite=bool(a.auto_host_rewrite)))
+
+
+def _retry_policy(p, conv: Conversion, where: str) -> model.RetryPolicy | None:
+    conv.check(where, p, {"retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
+                          "retry_back_off"})
+    wanted = [c.strip() for c in (p.retry_on or "").split(",") if c.strip()]
+    known = tuple(c for c in wanted if c in model.RETRY_ON)
+    for c in wanted:
+        if c not in model.RETRY_ON:
+            conv.warnings.append(f"{where}.retry_on: {c!r} not supported yet, ignored")
+    if not known:
+        return None
+    back_off = p.retry_back_off
+    return model.RetryPolicy(
+        retry_on=known, num_retries=p.num_retries if p.num_retries is not None else 1,
+        per_try_timeout=_seconds(p.per_try_timeout, 0.0) or None,
+        retriable_status_codes=tuple(p.retriable_status_codes),
+        base_interval=_seconds(back_off.base_interval, 0.025) if back_off else 0.025,
+        max_interval=(_seconds(back_off.max_interval, 0.0) or None) if back_off else None)
 
 
 def _header(h, where: str) -> model.HeaderMatcher:

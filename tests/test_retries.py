@@ -1,0 +1,98 @@
+"""Retries (Envoy's retry_policy) through the greenmesh process, against misbehaving upstreams."""
+
+from __future__ import annotations
+
+import http.client
+import time
+
+from tests.harness import RawUpstream, free_port, mesh_config
+
+
+def failing(status: int = 503):
+    def script(conn, index, head):
+        conn.sendall(b"HTTP/1.1 %d Nope\r\nContent-Length: 4\r\n\r\nnope" % status)
+    return RawUpstream(script)
+
+
+def retry_config(endpoints: list[str], policy: dict, timeout: str = "5s") -> dict:
+    return mesh_config(endpoints, routes=[{"match": {"prefix": "/"}, "route": {
+        "cluster": "backend", "timeout": timeout, "retry_policy": policy}}])
+
+
+def get(port: int, path: str = "/", method: str = "GET", body: bytes | None = None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request(method, path, body=body)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def stats(cfg: dict) -> dict[str, int]:
+    port = int(cfg["admin"]["address"].rsplit(":", 1)[1])
+    text = get(port, "/stats")[1].decode()
+    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+
+def test_retry_succeeds_on_another_host(upstream, start_mesh):
+    bad = failing()
+    cfg = retry_config([bad.address, upstream.address], {"retry_on": "5xx", "num_retries": 1})
+    gm = start_mesh(cfg)
+    results = [get(gm.port()) for _ in range(10)]
+    assert results == [(200, b"hello from up1\n")] * 10
+    # Each retry advances the round robin too, so here every first try meets the bad host.
+    assert 5 <= stats(cfg)["cluster.backend.upstream_rq_retry"] <= 10
+    bad.stop()
+
+
+def test_retries_give_up_and_forward_the_last_answer(start_mesh):
+    a, b = failing(503), failing(502)
+    cfg = retry_config([a.address, b.address], {"retry_on": "gateway-error", "num_retries": 3})
+    gm = start_mesh(cfg)
+    status, body = get(gm.port())
+    assert status in (502, 503) and body == b"nope"
+    assert stats(cfg)["cluster.backend.upstream_rq_retry"] == 3
+    assert len(a.requests) + len(b.requests) == 4  # the first try and three retries
+    a.stop()
+    b.stop()
+
+
+def test_retriable_status_codes_only_when_asked(upstream, start_mesh):
+    conflict = failing(409)
+    cfg = retry_config([conflict.address, upstream.address],
+                       {"retry_on": "retriable-status-codes", "retriable_status_codes": [409]})
+    gm = start_mesh(cfg)
+    assert [get(gm.port())[0] for _ in range(4)] == [200] * 4
+    cfg2 = retry_config([conflict.address, upstream.address], {"retry_on": "5xx"})
+    gm2 = start_mesh(cfg2)
+    assert sorted(get(gm2.port())[0] for _ in range(4)) == [200, 200, 409, 409]
+    conflict.stop()
+
+
+def test_per_try_timeout_moves_to_the_next_host(upstream, start_mesh):
+    def slow(conn, index, head):
+        time.sleep(2)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+    hang = RawUpstream(slow)
+    cfg = retry_config([hang.address, upstream.address],
+                       {"retry_on": "reset", "num_retries": 1, "per_try_timeout": "200ms"})
+    gm = start_mesh(cfg)
+    for _ in range(2):  # one of the two lands on the slow host first
+        t0 = time.monotonic()
+        assert get(gm.port()) == (200, b"hello from up1\n")
+        assert time.monotonic() - t0 < 1.5
+    hang.stop()
+
+
+def test_connect_failure_retry_and_big_bodies_are_not_replayed(upstream, start_mesh):
+    cfg = retry_config([f"127.0.0.1:{free_port()}", upstream.address],
+                       {"retry_on": "connect-failure,5xx", "num_retries": 1})
+    gm = start_mesh(cfg)
+    assert [get(gm.port())[0] for _ in range(4)] == [200] * 4
+    bad = failing()
+    cfg2 = retry_config([bad.address, upstream.address], {"retry_on": "5xx"})
+    gm2 = start_mesh(cfg2)
+    big = b"x" * (200 * 1024)  # over the 64 KiB replay buffer: sent once, never again
+    statuses = sorted(get(gm2.port(), "/sink", "POST", big)[0] for _ in range(2))
+    assert statuses == [200, 503]
+    small = sorted(get(gm2.port(), "/sink", "POST", b"small")[0] for _ in range(2))
+    assert small == [200, 200]
+    bad.stop()
