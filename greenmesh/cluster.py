@@ -30,6 +30,10 @@ class Host:
         self.weight = weight
         self.pool = pool
 
+    @property
+    def active(self) -> int:
+        return self.pool.active
+
 
 class ClusterSnapshot:
     """One cluster as requests see it: immutable once published."""

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 PROTOCOLS = ("http1", "http2", "bolt")
 LISTENER_PROTOCOLS = (*PROTOCOLS, "auto")
-LB_POLICIES = ("round_robin",)
+LB_POLICIES = ("round_robin", "random", "least_request", "ring_hash", "maglev")
 
 
 class ConfigError(Exception):
@@ -426,10 +426,34 @@ def _retry_policy(r: _Reader, v: Any, path: str) -> model.RetryPolicy | None:
     return model.RetryPolicy(retry_on, num, per_try or None, tuple(codes), base, top)
 
 
+def _hash_policy(r: _Reader, v: Any, path: str) -> model.HashPolicy | None:
+    obj = r.mapping(v, path, ("header", "cookie", "connection_properties", "terminal"))
+    if obj is None:
+        return None
+    if len([k for k in ("header", "cookie", "connection_properties") if k in obj]) != 1:
+        r.error(path, "expected one of header, cookie, connection_properties")
+        return None
+    if "header" in obj:
+        h = r.mapping(obj["header"], _join(path, "header"), ("header_name",))
+        name = r.field(h, _join(path, "header"), "header_name", _string) if h else None
+        return model.HashPolicy(header=name.lower()) if name else None
+    if "cookie" in obj:
+        c = r.mapping(obj["cookie"], _join(path, "cookie"), ("name", "ttl", "path"))
+        name = r.field(c, _join(path, "cookie"), "name", _string) if c else None
+        return model.HashPolicy(cookie=name) if name else None
+    cp = r.mapping(obj["connection_properties"], _join(path, "connection_properties"),
+                   ("source_ip",))
+    if cp is None or r.field(cp, _join(path, "connection_properties"), "source_ip",
+                             _boolean) is not True:
+        r.error(_join(path, "connection_properties.source_ip"), "expected true")
+        return None
+    return model.HashPolicy(source_ip=True)
+
+
 def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
     a = r.mapping(v, path, ("cluster", "weighted_clusters", "cluster_header", "timeout",
                             "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-                            "auto_host_rewrite", "retry_policy"))
+                            "auto_host_rewrite", "retry_policy", "hash_policy"))
     if a is None:
         return None
     cluster = r.field(a, path, "cluster", _string, None)
@@ -461,17 +485,19 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
                 regex_rewrite = (pattern, sub)
     timeout = r.field(a, path, "timeout", parse_duration, 15.0)
     retry = _optional(r, a, path, "retry_policy", _retry_policy)
+    hashes = [_hash_policy(r, h, p) for p, h in r.items(a, path, "hash_policy")]
     prefix_rewrite = r.field(a, path, "prefix_rewrite", str, None)
     host = r.field(a, path, "host_rewrite_literal", _string, None)
     auto = r.field(a, path, "auto_host_rewrite", _boolean, False)
     if (timeout is None or auto is None or (cluster is None and header is None and not weighted)
-            or ("regex_rewrite" in a and regex_rewrite is None) or retry is ...):
+            or ("regex_rewrite" in a and regex_rewrite is None) or retry is ...
+            or None in hashes):
         return None
     return model.RouteAction(cluster=cluster, timeout=timeout, weighted_clusters=tuple(weighted),
                              cluster_header=header.lower() if header else None,
                              prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
                              host_rewrite_literal=host, auto_host_rewrite=auto,
-                             retry_policy=retry)
+                             retry_policy=retry, hash_policy=tuple(hashes))
 
 
 def _direct(r: _Reader, v: Any, path: str) -> model.DirectResponse | None:

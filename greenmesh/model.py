@@ -141,6 +141,15 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """What a hash-based load balancer hashes: a header, a cookie, or the client's IP."""
+
+    header: str | None = None
+    cookie: str | None = None
+    source_ip: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteAction:
     """Exactly one of cluster, weighted_clusters, cluster_header names the upstream."""
 
@@ -153,6 +162,7 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     auto_host_rewrite: bool = False
     retry_policy: RetryPolicy | None = None
+    hash_policy: tuple[HashPolicy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ class _Pool:
         self.settings = settings
         self.stats = stats
         self._open = 0  # connections open or being opened
+        self.active = 0  # streams in flight (least_request balances on it)
         self._waiters: deque[AsyncResult] = deque()
         self.closed = False
         prefix = f"cluster.{settings.name}."
@@ -97,6 +98,10 @@ class _Pool:
                 return True
         return False
 
+    def _stream(self, cc: ClientConnection) -> ClientStream:
+        self.active += 1
+        return cc.new_stream(self._release)
+
     def _discard(self, cc: ClientConnection, reason: str) -> None:
         cc.close(reason)
         self._open -= 1
@@ -126,13 +131,14 @@ class ExclusivePool(_Pool):
                     or cc.conn.readable_or_closed()):
                 self._discard(cc, "stale idle connection")
                 continue
-            return cc.new_stream(self._release)
+            return self._stream(cc)
         if self._open < self.settings.max_connections:
-            return self._connect().new_stream(self._release)
+            return self._stream(self._connect())
         cc = self._wait(timeout) or self._connect()
-        return cc.new_stream(self._release)
+        return self._stream(cc)
 
     def _release(self, cc: ClientConnection, reusable: bool) -> None:
+        self.active -= 1
         if reusable and not self.closed and cc.usable:
             if not self._wake(cc):
                 self._idle.append((cc, time.monotonic()))
@@ -182,7 +188,7 @@ class MultiplexPool(_Pool):
             for cc in self._conns:
                 if cc.usable and cc.active_streams < cc.capacity:
                     self._idle_since.pop(id(cc), None)
-                    return cc.new_stream(self._release)
+                    return self._stream(cc)
             self._prune()
             if self._connecting is not None:  # someone is opening one: share it
                 try:
@@ -198,7 +204,7 @@ class MultiplexPool(_Pool):
                     self._connecting = None
                     pending.set(None)
                 self._conns.append(cc)
-                return cc.new_stream(self._release)
+                return self._stream(cc)
             self._wait(timeout)
 
     def _prune(self) -> None:
@@ -208,6 +214,7 @@ class MultiplexPool(_Pool):
             self._discard(cc, "gone away")
 
     def _release(self, cc: ClientConnection, reusable: bool) -> None:
+        self.active -= 1
         if cc.active_streams == 0:
             if not reusable or self.closed:
                 if cc in self._conns:

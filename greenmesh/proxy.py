@@ -15,6 +15,7 @@ import gevent
 import structlog
 
 from greenmesh.cluster import ClusterManager
+from greenmesh.lb import stable_hash
 from greenmesh.pool import ConnectFailure, PoolClosed, PoolOverflow
 from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
@@ -119,6 +120,28 @@ class _Relay:
 class _LocalReply(Exception):
     def __init__(self, status: int, flags: str, body: bytes, headers: tuple = ()):
         self.status, self.flags, self.body, self.headers = status, flags, body, headers
+
+
+def _hash_key(head: RequestHead, policies) -> int | None:
+    """The first of the route's hash policies that finds a value (Envoy's, without
+    combining several)."""
+    for p in policies:
+        value = None
+        if p.header is not None:
+            value = head.get(p.header.encode())
+        elif p.cookie is not None:
+            wanted = p.cookie.encode() + b"="
+            for name, v in head.headers:
+                if name == b"cookie":
+                    for part in v.split(b";"):
+                        part = part.strip()
+                        if part.startswith(wanted):
+                            value = part[len(wanted):]
+        elif p.source_ip:
+            value = head.peer or None
+        if value:
+            return stable_hash(value)
+    return None
 
 
 class _RetryStatus(Exception):
@@ -337,9 +360,10 @@ class Proxy:
         retries = _Retries(policy, timeout, stats=self._stats, cluster=name)
         stale_retry = head.method in IDEMPOTENT  # one free retry on a stale keep-alive
         attempt = 0
+        key = _hash_key(head, action.hash_policy) if action.hash_policy else None
         while True:
             attempt += 1
-            host = cluster.lb.pick()
+            host = cluster.lb.pick(key)
             if host is None:
                 raise _LocalReply(503, "UH", b"no healthy upstream")
             ex.upstream = str(host.address)

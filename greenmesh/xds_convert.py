@@ -29,6 +29,9 @@ from greenmesh import model
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _SKIP_HEALTH = (HealthStatus.UNHEALTHY, HealthStatus.DRAINING, HealthStatus.TIMEOUT)
+_LB_POLICIES = {ClusterLbPolicy.ROUND_ROBIN: "round_robin", ClusterLbPolicy.RANDOM: "random",
+                ClusterLbPolicy.LEAST_REQUEST: "least_request",
+                ClusterLbPolicy.RING_HASH: "ring_hash", ClusterLbPolicy.MAGLEV: "maglev"}
 
 
 class ConvertError(Exception):
@@ -74,9 +77,11 @@ def cluster(c: Cluster, conv: Conversion) -> model.Cluster:
     if kind not in (ClusterDiscoveryType.STATIC, ClusterDiscoveryType.STRICT_DNS,
                     ClusterDiscoveryType.LOGICAL_DNS, ClusterDiscoveryType.EDS):
         raise ConvertError(f"{where}.type: {kind.name} is not supported")
-    if c.lb_policy not in (ClusterLbPolicy.ROUND_ROBIN,):
+    lb = _LB_POLICIES.get(c.lb_policy)
+    if lb is None:
         conv.warnings.append(f"{where}.lb_policy: {c.lb_policy.name} not supported yet, "
                              "round robin used")
+        lb = "round_robin"
     conv.check(where, c, {"name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
                           "load_assignment", "circuit_breakers", "http2_protocol_options",
                           "typed_extension_protocol_options"},
@@ -106,7 +111,7 @@ def cluster(c: Cluster, conv: Conversion) -> model.Cluster:
         eds_name = (cfg.service_name if cfg is not None and cfg.service_name else c.name)
     elif c.load_assignment is not None:
         endpoints = load_assignment(c.load_assignment, conv, where + ".load_assignment")
-    return model.Cluster(name=c.name, endpoints=endpoints, protocol=protocol,
+    return model.Cluster(name=c.name, endpoints=endpoints, protocol=protocol, lb_policy=lb,
                          connect_timeout=_seconds(c.connect_timeout, 5.0),
                          eds_service_name=eds_name, **limits)
 
@@ -285,7 +290,7 @@ def _route(r, conv: Conversion, where: str) -> model.Route:
     a = r.route
     conv.check(f"{where}.route", a, {"cluster", "timeout", "weighted_clusters", "cluster_header",
                                      "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-                                     "auto_host_rewrite", "retry_policy"},
+                                     "auto_host_rewrite", "retry_policy", "hash_policy"},
                refuse={"cluster_specifier_plugin", "inline_cluster_specifier_plugin",
                        "path_rewrite_policy", "path_rewrite", "host_rewrite_header",
                        "host_rewrite_path_regex", "upgrade_configs"})
@@ -307,8 +312,18 @@ def _route(r, conv: Conversion, where: str) -> model.Route:
         regex_rewrite = (a.regex_rewrite.pattern.regex, a.regex_rewrite.substitution)
     retry = _retry_policy(a.retry_policy, conv, f"{where}.route.retry_policy") \
         if a.retry_policy is not None else None
+    hashes = []
+    for k, h in enumerate(a.hash_policy):
+        hwhere = f"{where}.route.hash_policy[{k}]"
+        conv.check(hwhere, h, {"header", "cookie", "connection_properties", "terminal"})
+        if h.header is not None:
+            hashes.append(model.HashPolicy(header=h.header.header_name.lower()))
+        elif h.cookie is not None:
+            hashes.append(model.HashPolicy(cookie=h.cookie.name))
+        elif h.connection_properties is not None and h.connection_properties.source_ip:
+            hashes.append(model.HashPolicy(source_ip=True))
     return model.Route(match=match, name=r.name, headers=ops, route=model.RouteAction(
-        retry_policy=retry,
+        retry_policy=retry, hash_policy=tuple(hashes),
         cluster=a.cluster or None, timeout=_seconds(a.timeout, 15.0),
         weighted_clusters=weighted, cluster_header=(a.cluster_header or "").lower() or None,
         prefix_rewrite=a.prefix_rewrite or None, regex_rewrite=regex_rewrite,

@@ -136,3 +136,42 @@ def test_header_matcher_config_errors():
                                 "exact, prefix, suffix, safe_regex; or a legacy *_match key)"
     assert e.value.errors[1].startswith(f"{p}[1].safe_regex_match: invalid regex")
     assert e.value.errors[2].startswith(f"{p}[2].string_match.contains: unknown key")
+
+
+class AH:
+    """A host with requests in flight, for least_request."""
+
+    def __init__(self, name: str, weight: int = 1, active: int = 0):
+        self.name, self.weight, self.active, self.address = name, weight, active, name
+
+
+def test_random_follows_weights():
+    from greenmesh.lb import Random
+    lb = Random([H("a", 1), H("b", 3)])
+    counts = Counter(lb.pick().name for _ in range(20000))
+    assert abs(counts["b"] / 20000 - 0.75) < 0.02, counts
+
+
+def test_least_request_prefers_idle_hosts():
+    from greenmesh.lb import LeastRequest
+    hosts = [AH("busy", active=50), AH("idle1"), AH("idle2")]
+    counts = Counter(LeastRequest(hosts).pick().name for _ in range(3000))
+    # Power of two choices: "busy" wins only when both picks are "busy" (1/9 of the time).
+    assert counts["busy"] / 3000 < 0.16 and counts["idle1"] > 900 and counts["idle2"] > 900
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+def test_hashing_is_sticky_even_and_consistent(policy):
+    from greenmesh.lb import POLICIES, stable_hash
+    hosts = [AH(f"10.0.0.{i}:80") for i in range(5)]
+    lb = POLICIES[policy](hosts)
+    keys = [stable_hash(b"user-%d" % i) for i in range(5000)]
+    first = [lb.pick(k).name for k in keys]
+    assert first == [lb.pick(k).name for k in keys]  # the same key, the same host
+    share = Counter(first)
+    assert all(600 < n < 1400 for n in share.values()), share  # spread over all hosts
+    smaller = POLICIES[policy](hosts[:4])  # one host leaves: mostly only its keys move
+    moved = sum(1 for k, h in zip(keys, first, strict=True)
+                if h != hosts[4].name and smaller.pick(k).name != h)
+    assert moved / len(keys) < 0.2, moved
+    assert POLICIES[policy]([AH("w1", weight=1), AH("w3", weight=3)]).pick(keys[0]) is not None

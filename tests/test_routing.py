@@ -157,3 +157,27 @@ def test_actions_end_to_end(upstream, start_mesh):
     assert "x-upstream-connections" not in headers
     status, _, body = request(port, "/v2/echo?z=1")
     assert status == 200 and echo_meta(body)["path"] == "/echo"
+
+
+def test_hash_policy_end_to_end(start_mesh):
+    from tests.harness import Upstream
+    ups = [Upstream(f"h{i}") for i in range(3)]
+    try:
+        cfg = mesh_config([u.address for u in ups], routes=[{"match": {"prefix": "/"}, "route": {
+            "cluster": "backend", "hash_policy": [{"header": {"header_name": "x-user"}},
+                                                  {"cookie": {"name": "session"}}]}}],
+            cluster={"lb_policy": "maglev"})
+        gm = start_mesh(cfg)
+        for user in ("alice", "bob", "carol", "dave"):
+            seen = {request(gm.port(), "/", {"x-user": user})[1]["x-upstream"]
+                    for _ in range(5)}
+            assert len(seen) == 1, (user, seen)  # sticky
+        by_cookie = {request(gm.port(), "/", {"cookie": "a=1; session=s42"})[1]["x-upstream"]
+                     for _ in range(5)}
+        assert len(by_cookie) == 1
+        spread = {request(gm.port(), "/", {"x-user": f"u{i}"})[1]["x-upstream"]
+                  for i in range(60)}
+        assert spread == {"h0", "h1", "h2"}
+    finally:
+        for u in ups:
+            u.stop()

@@ -61,7 +61,7 @@ class RequestHead:
     """For RPC protocols: method = the RPC method, path = the service, authority = the target
     application, headers = the protocol's header map."""
 
-    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade", "native")
+    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade", "native", "peer")
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
                  headers: Headers, upgrade: bytes = b"", native: object = None):
@@ -75,6 +75,8 @@ class RequestHead:
         # The decoded message itself (RPC frames): a codec of the same protocol forwards it
         # as it came, only its request id rewritten, instead of re-encoding the parts.
         self.native = native
+        # The client's IP (for hashing on it), when the codec knows it.
+        self.peer = b""
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         for k, v in self.headers:

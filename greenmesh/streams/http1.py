@@ -188,6 +188,7 @@ class Http1ServerStream(ServerStream):
         if not head.upgrade or upgrade.lower() == b"h2c":  # h2c upgrades are ignored, as Envoy does
             upgrade = b""
         self.request = RequestHead(head.method, head.target, host, scheme, headers, upgrade)
+        self.request.peer = sc.peer_ip or b""
         self.trailers = None
         self._http10 = head.version != "1.1"
         self._keep_alive = head.keep_alive and not self._http10

@@ -472,6 +472,7 @@ class Http2ServerStream(ServerStream):
         if method == b"CONNECT":
             raise StreamError("CONNECT is not supported")
         self.request = RequestHead(method, pseudo.get(b":path", b"/"), authority, scheme, headers)
+        self.request.peer = c.peer_ip or b""
         self.trailers = None
         self._started = False
         self.done = False
