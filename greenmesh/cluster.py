@@ -22,29 +22,70 @@ from greenmesh.stats import Stats
 from greenmesh.streams import Registry
 
 
-class Host:
-    __slots__ = ("address", "weight", "pool")
+class HostHealth:
+    """What is known about an address's health; it outlives snapshot rebuilds."""
 
-    def __init__(self, address: model.Address, weight: int, pool: Pool):
+    __slots__ = ("consecutive_5xx", "consecutive_gateway", "ejections", "ejected_until")
+
+    def __init__(self) -> None:
+        self.consecutive_5xx = 0
+        self.consecutive_gateway = 0
+        self.ejections = 0
+        self.ejected_until = 0.0
+
+
+class Host:
+    __slots__ = ("address", "weight", "pool", "health")
+
+    def __init__(self, address: model.Address, weight: int, pool: Pool,
+                 health: HostHealth | None = None):
         self.address = address
         self.weight = weight
         self.pool = pool
+        self.health = health or HostHealth()
 
     @property
     def active(self) -> int:
         return self.pool.active
 
+    def available(self, now: float) -> bool:
+        return now >= self.health.ejected_until
+
 
 class ClusterSnapshot:
-    """One cluster as requests see it: immutable once published."""
+    """One cluster as requests see it: immutable once published. Its load balancer covers
+    the available hosts, or all of them in panic (under half available, as Envoy)."""
 
-    __slots__ = ("config", "hosts", "lb", "name")
+    __slots__ = ("config", "hosts", "lb", "name", "manager")
 
-    def __init__(self, config: model.Cluster, hosts: tuple[Host, ...]):
+    def __init__(self, config: model.Cluster, hosts: tuple[Host, ...],
+                 manager: ClusterManager | None = None):
         self.config = config
         self.name = config.name
         self.hosts = hosts
-        self.lb = POLICIES[config.lb_policy](hosts)
+        self.manager = manager
+        now = time.monotonic()
+        available = [h for h in hosts if h.available(now)]
+        if len(available) * 2 < len(hosts):
+            available = list(hosts)  # panic: spread over everything rather than overload few
+        self.lb = POLICIES[config.lb_policy](available)
+
+    def record(self, host: Host, status: int) -> None:
+        """An upstream outcome (a status, or 0 for a connect failure or reset), for outlier
+        detection."""
+        od = self.config.outlier_detection
+        if od is None:
+            return
+        h = host.health
+        failed = status == 0 or status >= 500
+        gateway = status == 0 or status in (502, 503, 504)
+        h.consecutive_5xx = h.consecutive_5xx + 1 if failed else 0
+        h.consecutive_gateway = h.consecutive_gateway + 1 if gateway else 0
+        if ((od.consecutive_5xx and h.consecutive_5xx >= od.consecutive_5xx) or
+                (od.consecutive_gateway_failure
+                 and h.consecutive_gateway >= od.consecutive_gateway_failure)):
+            if self.manager is not None:
+                self.manager.eject(self.name, host)
 
 
 def _pool_settings(c: model.Cluster) -> tuple:
@@ -73,6 +114,7 @@ class ClusterManager:
 
     def _build(self, config: model.Cluster, old: ClusterSnapshot | None) -> ClusterSnapshot:
         reusable: dict[model.Address, Pool] = {}
+        health = {h.address: h.health for h in old.hosts} if old is not None else {}
         if old is not None and _pool_settings(old.config) == _pool_settings(config):
             reusable = {h.address: h.pool for h in old.hosts}
         protocol = self._registry.get(config.protocol)
@@ -84,8 +126,37 @@ class ClusterManager:
             slicer.tick()
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
                                                          self._stats, ctx)
-            hosts.append(Host(ep.address, ep.weight, pool))
-        return ClusterSnapshot(config, tuple(hosts))
+            hosts.append(Host(ep.address, ep.weight, pool, health.get(ep.address)))
+        return ClusterSnapshot(config, tuple(hosts), self)
+
+    def eject(self, name: str, host: Host) -> None:
+        """Outlier ejection: out of the balancer for base_ejection_time x ejections so far."""
+        snapshot = self._clusters.get(name)
+        od = snapshot.config.outlier_detection if snapshot is not None else None
+        if od is None or host not in snapshot.hosts:
+            return
+        now = time.monotonic()
+        ejected = sum(1 for h in snapshot.hosts if not h.available(now))
+        if ejected and (ejected + 1) * 100 > od.max_ejection_percent * len(snapshot.hosts):
+            return  # the cap: but one host may always go
+        h = host.health
+        h.ejections += 1
+        duration = min(od.base_ejection_time * h.ejections, od.max_ejection_time)
+        h.ejected_until = now + duration
+        h.consecutive_5xx = h.consecutive_gateway = 0
+        self._stats.inc(f"cluster.{name}.outlier_detection.ejections_total")
+        self.refresh(name)
+        gevent.spawn_later(duration, self.refresh, name)
+
+    def refresh(self, name: str) -> None:
+        """A new snapshot of the same hosts whose balancer sees who is available now."""
+        with self._lock:
+            old = self._clusters.get(name)
+            if old is None:
+                return
+            new = dict(self._clusters)
+            new[name] = ClusterSnapshot(old.config, old.hosts, self)
+            self._clusters = new
 
     def update(self, clusters: Iterable[model.Cluster], remove: Iterable[str] = ()) -> None:
         """Adds or replaces the given clusters and removes the named ones, in one swap.

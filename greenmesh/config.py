@@ -623,7 +623,7 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
             "max_pending_requests", "idle_timeout", "tls", "max_concurrent_streams",
-            "keepalive_interval")
+            "keepalive_interval", "outlier_detection")
     obj = r.mapping(v, path, keys)
     if obj is None:
         return None
@@ -646,9 +646,28 @@ def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
                                    d["keepalive_interval"].default),
     )
     tls = _optional(r, obj, path, "tls", _tls_client)
-    if None in values.values() or None in endpoints or tls is ...:
+    outlier = _optional(r, obj, path, "outlier_detection", _outlier)
+    if None in values.values() or None in endpoints or tls is ... or outlier is ...:
         return None
-    return model.Cluster(endpoints=tuple(endpoints), tls=tls, **values)
+    return model.Cluster(endpoints=tuple(endpoints), tls=tls, outlier_detection=outlier,
+                         **values)
+
+
+def _outlier(r: _Reader, v: Any, path: str) -> model.OutlierDetection | None:
+    keys = ("consecutive_5xx", "consecutive_gateway_failure", "base_ejection_time",
+            "max_ejection_time", "max_ejection_percent")
+    obj = r.mapping(v, path, keys)
+    if obj is None:
+        return None
+    d = model.OutlierDetection.__dataclass_fields__
+    values = {k: r.field(obj, path, k, parse_duration if k.endswith("_time") else _count,
+                         d[k].default) for k in keys}
+    if None in values.values():
+        return None
+    if values["max_ejection_percent"] > 100:
+        r.error(_join(path, "max_ejection_percent"), "expected at most 100")
+        return None
+    return model.OutlierDetection(**values)
 
 
 def _unique(r: _Reader, items: list, paths: list[str], what: str) -> None:
@@ -688,12 +707,18 @@ def load_dict(data: Any) -> model.MeshConfig:
 
     listeners, route_configs, clusters = (sections[k] for k in ("listeners", "route_configs",
                                                                   "clusters"))
-    route_names = {rc.name for rc in route_configs if rc}
+    def declared(key: str) -> set:
+        """Names given in a section, even where the rest of an entry has errors: a broken
+        cluster must not also make every route that names it an error."""
+        value = obj.get(key)
+        return {v.get("name") for v in value if isinstance(v, dict)} \
+            if isinstance(value, list) else set()
+    route_names = {rc.name for rc in route_configs if rc} | declared("route_configs")
     for i, lst in enumerate(listeners):
         # With a control plane, RDS and CDS may supply what the static part names.
         if lst and lst.route_config not in route_names and xds is None:
             r.error(f"listeners[{i}].route_config", f"unknown route config {lst.route_config!r}")
-    cluster_names = {c.name for c in clusters if c}
+    cluster_names = {c.name for c in clusters if c} | declared("clusters")
     for i, rc in enumerate(route_configs):
         for j, vh in enumerate(rc.virtual_hosts if rc else ()):
             for k, route in enumerate(vh.routes):

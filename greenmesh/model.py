@@ -43,6 +43,18 @@ class TlsClient:
 
 
 @dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """Envoy's passive health: hosts failing in a row are ejected for a while (longer each
+    time), never more than max_ejection_percent of them (but always one)."""
+
+    consecutive_5xx: int = 5  # 5xx responses, connect failures and resets; 0: off
+    consecutive_gateway_failure: int = 0  # 502/503/504, connect failures and resets; 0: off
+    base_ejection_time: float = 30.0
+    max_ejection_time: float = 300.0
+    max_ejection_percent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...] = ()
@@ -62,6 +74,7 @@ class Cluster:
     keepalive_interval: float = 15.0
     # Set for clusters whose endpoints come from EDS, under this service name.
     eds_service_name: str | None = None
+    outlier_detection: OutlierDetection | None = None
 
 
 @dataclass(frozen=True, slots=True)

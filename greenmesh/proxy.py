@@ -147,6 +147,10 @@ def _hash_key(head: RequestHead, policies) -> int | None:
 class _RetryStatus(Exception):
     """The upstream's response status is one the route retries on."""
 
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
 
 def _replayable(stream: ServerStream, ex: _Exchange) -> bool:
     """Whether the request can be sent again: all of it was read and kept."""
@@ -373,6 +377,7 @@ class Proxy:
                 cs = host.pool.new_stream(timeout)
             except (ConnectFailure, PoolClosed) as e:
                 ex.error = str(e)
+                cluster.record(host, 0)
                 if retries.allow(_replayable(stream, ex), "connect-failure"):
                     continue
                 raise _LocalReply(503, "UF", b"upstream connect error or disconnect/reset before "
@@ -384,8 +389,10 @@ class Proxy:
                 raise _LocalReply(504, "UT", b"upstream request timeout") from None
             try:
                 self._exchange(stream, cs, ex, timeout, attempt, retries)
+                cluster.record(host, ex.status)
                 return
-            except _RetryStatus:
+            except _RetryStatus as r:
+                cluster.record(host, r.status)
                 cs.reset("retrying")
                 continue
             except StreamError as e:
@@ -400,6 +407,7 @@ class Proxy:
                     stale_retry = False
                     self._stats.inc("upstream_rq_retry")
                     continue  # a stale keep-alive connection: once more on another
+                cluster.record(host, 0)
                 if retries.allow(replayable, *_retry_conditions(e)):
                     continue
                 ex.error = str(e)
@@ -439,7 +447,7 @@ class Proxy:
                                                            resp.reason))
                 resp = self._await_response(stream, cs, ex, try_timeout)
             if retries.allow_status(resp.status, _replayable(stream, ex)):
-                raise _RetryStatus  # before anything of this response reaches the client
+                raise _RetryStatus(resp.status)  # before anything of it reaches the client
             ex.status = resp.status
             self._respond(stream, cs, ex, resp, timeout)
         finally:

@@ -96,3 +96,41 @@ def test_connect_failure_retry_and_big_bodies_are_not_replayed(upstream, start_m
     small = sorted(get(gm2.port(), "/sink", "POST", b"small")[0] for _ in range(2))
     assert small == [200, 200]
     bad.stop()
+
+
+def test_killed_host_is_ejected_and_clients_see_no_errors(start_mesh):
+    from tests.harness import Upstream
+    ups = [Upstream(f"o{i}") for i in range(3)]
+    try:
+        cfg = retry_config([u.address for u in ups],
+                           {"retry_on": "connect-failure,reset,5xx", "num_retries": 2})
+        cfg["clusters"][0]["outlier_detection"] = {"consecutive_5xx": 2,
+                                                   "base_ejection_time": "30s",
+                                                   "max_ejection_percent": 50}
+        gm = start_mesh(cfg)
+        statuses = [get(gm.port())[0] for _ in range(20)]
+        ups[2].stop()  # killed mid-test: refused from now on
+        statuses += [get(gm.port())[0] for _ in range(20)]
+        s = stats(cfg)
+        retries_then = s.get("cluster.backend.upstream_rq_retry", 0)
+        statuses += [get(gm.port())[0] for _ in range(40)]
+        assert statuses == [200] * 80  # retries hid the dead host from every client
+        s = stats(cfg)
+        assert s["cluster.backend.outlier_detection.ejections_total"] == 1
+        # Once ejected, nothing goes to the dead host: no more retries are needed.
+        assert s.get("cluster.backend.upstream_rq_retry", 0) == retries_then
+    finally:
+        for u in ups[:2]:
+            u.stop()
+
+
+def test_outlier_config_errors():
+    import pytest
+
+    from greenmesh.config import ConfigError, load_dict
+    cfg = mesh_config(["127.0.0.1:1"], cluster={"outlier_detection": {
+        "max_ejection_percent": 101, "base_ejection_time": "soon"}})
+    with pytest.raises(ConfigError) as e:
+        load_dict(cfg)
+    assert e.value.errors == ["clusters[0].outlier_detection.base_ejection_time: expected a "
+                              "duration such as 15s or 250ms"]
