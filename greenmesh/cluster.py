@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import gevent
 
 from greenmesh import model, tls
+from greenmesh.conn import Conn, ConnError
 from greenmesh.cooperate import Slicer
 from greenmesh.lb import POLICIES
 from greenmesh.pool import Pool, make_pool
@@ -25,13 +26,17 @@ from greenmesh.streams import Registry
 class HostHealth:
     """What is known about an address's health; it outlives snapshot rebuilds."""
 
-    __slots__ = ("consecutive_5xx", "consecutive_gateway", "ejections", "ejected_until")
+    __slots__ = ("consecutive_5xx", "consecutive_gateway", "ejections", "ejected_until",
+                 "check_failed", "checks_ok", "checks_failed")
 
     def __init__(self) -> None:
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
         self.ejections = 0
         self.ejected_until = 0.0
+        self.check_failed = False  # by active health checking
+        self.checks_ok = 0
+        self.checks_failed = 0
 
 
 class Host:
@@ -49,7 +54,8 @@ class Host:
         return self.pool.active
 
     def available(self, now: float) -> bool:
-        return now >= self.health.ejected_until
+        health = self.health
+        return not health.check_failed and now >= health.ejected_until
 
 
 class ClusterSnapshot:
@@ -88,6 +94,50 @@ class ClusterSnapshot:
                 self.manager.eject(self.name, host)
 
 
+def _probe(host: Host, hc: model.HealthCheck, cluster: str) -> bool:
+    """One check: a TCP connect, or an HTTP GET whose status is in an expected range."""
+    try:
+        conn = Conn.connect(host.address.host, host.address.port, hc.timeout)
+    except ConnError:
+        return False
+    try:
+        if hc.http_path is None:
+            return True
+        conn.write(b"GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: greenmesh-health-check\r\n"
+                   b"Connection: close\r\n\r\n" % (hc.http_path.encode(), cluster.encode()))
+        data = b""
+        while b"\r\n" not in data and len(data) < 1024:
+            chunk = conn.read(hc.timeout)
+            if not chunk:
+                return False
+            data += chunk
+        parts = data.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        return any(start <= status < end for start, end in hc.expected_statuses)
+    except ConnError:
+        return False
+    finally:
+        conn.close("health check done")
+
+
+def _check_host(host: Host, hc: model.HealthCheck, cluster: str) -> bool:
+    """Checks a host and counts the result; True if the host flipped in or out."""
+    state = host.health
+    if _probe(host, hc, cluster):
+        state.checks_failed = 0
+        state.checks_ok += 1
+        if state.check_failed and state.checks_ok >= hc.healthy_threshold:
+            state.check_failed = False
+            return True
+    else:
+        state.checks_ok = 0
+        state.checks_failed += 1
+        if not state.check_failed and state.checks_failed >= hc.unhealthy_threshold:
+            state.check_failed = True
+            return True
+    return False
+
+
 def _pool_settings(c: model.Cluster) -> tuple:
     """What a pool depends on: a change here means new pools, not reused ones."""
     return (c.protocol, c.connect_timeout, c.max_connections, c.max_pending_requests,
@@ -102,6 +152,7 @@ class ClusterManager:
         self._clusters: dict[str, ClusterSnapshot] = {}
         self._sweep_interval = sweep_interval
         self._sweeper: gevent.Greenlet | None = None
+        self._checkers: dict[str, tuple[model.HealthCheck, gevent.Greenlet]] = {}
 
     def get(self, name: str) -> ClusterSnapshot | None:
         return self._clusters.get(name)
@@ -179,6 +230,31 @@ class ClusterManager:
                 self._clusters = new
                 break
         self._drain_retired(old, new)
+        self._sync_checkers()
+
+    def _sync_checkers(self) -> None:
+        """One health-checking greenlet per cluster that asks for it, restarted on change."""
+        wanted = {n: c.config.health_check for n, c in self._clusters.items()
+                  if c.config.health_check is not None}
+        for name, (hc, g) in list(self._checkers.items()):
+            if wanted.get(name) != hc:
+                g.kill(block=False)
+                del self._checkers[name]
+        for name, hc in wanted.items():
+            if name not in self._checkers:
+                self._checkers[name] = (hc, gevent.spawn(self._check_loop, name))
+
+    def _check_loop(self, name: str) -> None:
+        while True:
+            snapshot = self._clusters.get(name)
+            if snapshot is None or snapshot.config.health_check is None:
+                return
+            hc = snapshot.config.health_check
+            jobs = [gevent.spawn(_check_host, h, hc, name) for h in snapshot.hosts]
+            gevent.joinall(jobs, timeout=hc.timeout + 1)
+            if any(j.value for j in jobs):
+                self.refresh(name)
+            gevent.sleep(hc.interval)
 
     def replace_all(self, clusters: Iterable[model.Cluster]) -> None:
         clusters = list(clusters)
@@ -207,6 +283,9 @@ class ClusterManager:
                     h.pool.sweep(now)
 
     def close(self) -> None:
+        for _, g in self._checkers.values():
+            g.kill(block=False)
+        self._checkers.clear()
         if self._sweeper is not None:
             self._sweeper.kill()
             self._sweeper = None

@@ -623,7 +623,7 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
             "max_pending_requests", "idle_timeout", "tls", "max_concurrent_streams",
-            "keepalive_interval", "outlier_detection")
+            "keepalive_interval", "outlier_detection", "health_checks")
     obj = r.mapping(v, path, keys)
     if obj is None:
         return None
@@ -647,10 +647,51 @@ def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     )
     tls = _optional(r, obj, path, "tls", _tls_client)
     outlier = _optional(r, obj, path, "outlier_detection", _outlier)
-    if None in values.values() or None in endpoints or tls is ... or outlier is ...:
+    checks = [_health_check(r, h, p) for p, h in r.items(obj, path, "health_checks")]
+    if len(checks) > 1:
+        r.error(_join(path, "health_checks"), "expected at most one health check")
+    if (None in values.values() or None in endpoints or tls is ... or outlier is ...
+            or None in checks):
         return None
     return model.Cluster(endpoints=tuple(endpoints), tls=tls, outlier_detection=outlier,
-                         **values)
+                         health_check=checks[0] if checks else None, **values)
+
+
+def _health_check(r: _Reader, v: Any, path: str) -> model.HealthCheck | None:
+    obj = r.mapping(v, path, ("timeout", "interval", "healthy_threshold", "unhealthy_threshold",
+                              "http_health_check", "tcp_health_check"))
+    if obj is None:
+        return None
+    if ("http_health_check" in obj) == ("tcp_health_check" in obj):
+        r.error(path, "expected one of http_health_check, tcp_health_check")
+        return None
+    http_path, statuses = None, ((200, 201),)
+    if "http_health_check" in obj:
+        hpath = _join(path, "http_health_check")
+        h = r.mapping(obj["http_health_check"] or {}, hpath, ("path", "expected_statuses"))
+        if h is None:
+            return None
+        http_path = r.field(h, hpath, "path", _path_prefix)
+        ranges = []
+        for p, item in r.items(h, hpath, "expected_statuses"):
+            rng = r.mapping(item, p, ("start", "end"))
+            start = r.field(rng, p, "start", _status) if rng else None
+            end = r.field(rng, p, "end", int) if rng else None
+            if start is not None and end is not None:
+                ranges.append((start, end))
+        if ranges:
+            statuses = tuple(ranges)
+        if http_path is None:
+            return None
+    d = model.HealthCheck.__dataclass_fields__
+    values = dict(
+        interval=r.field(obj, path, "interval", parse_duration, d["interval"].default),
+        timeout=r.field(obj, path, "timeout", parse_duration, d["timeout"].default),
+        healthy_threshold=r.field(obj, path, "healthy_threshold", _positive_int, 1),
+        unhealthy_threshold=r.field(obj, path, "unhealthy_threshold", _positive_int, 2))
+    if None in values.values():
+        return None
+    return model.HealthCheck(http_path=http_path, expected_statuses=statuses, **values)
 
 
 def _outlier(r: _Reader, v: Any, path: str) -> model.OutlierDetection | None:

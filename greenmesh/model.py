@@ -55,6 +55,19 @@ class OutlierDetection:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checking (Envoy's): an HTTP GET whose status must be expected, or a TCP
+    connect; a host flips after so many results in a row."""
+
+    http_path: str | None = None  # None: a TCP connect check
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end) ranges
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 1
+    unhealthy_threshold: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...] = ()
@@ -75,6 +88,7 @@ class Cluster:
     # Set for clusters whose endpoints come from EDS, under this service name.
     eds_service_name: str | None = None
     outlier_detection: OutlierDetection | None = None
+    health_check: HealthCheck | None = None
 
 
 @dataclass(frozen=True, slots=True)

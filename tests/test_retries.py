@@ -134,3 +134,50 @@ def test_outlier_config_errors():
         load_dict(cfg)
     assert e.value.errors == ["clusters[0].outlier_detection.base_ejection_time: expected a "
                               "duration such as 15s or 250ms"]
+
+
+def test_health_checks_flip_hosts_out_and_back(upstream, start_mesh):
+    state = {"healthy": True}
+
+    def flaky(conn, index, head):
+        status = 200 if state["healthy"] else 503
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 5\r\nX-Upstream: flaky\r\n\r\nflaky"
+                     % status)
+    up2 = RawUpstream(flaky)
+    cfg = mesh_config([upstream.address, up2.address], cluster={"health_checks": [{
+        "interval": "100ms", "timeout": "500ms", "unhealthy_threshold": 2,
+        "healthy_threshold": 1, "http_health_check": {"path": "/healthz"}}]})
+    gm = start_mesh(cfg)
+
+    def served_by(n: int = 10) -> set:
+        out = set()
+        for _ in range(n):
+            conn = http.client.HTTPConnection("127.0.0.1", gm.port(), timeout=5)
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            out.add(resp.getheader("x-upstream"))
+        return out
+    assert served_by() == {"up1", "flaky"}
+    state["healthy"] = False
+    time.sleep(0.6)  # two failed checks
+    assert served_by() == {"up1"}
+    state["healthy"] = True
+    time.sleep(0.4)  # one good check brings it back
+    assert served_by() == {"up1", "flaky"}
+    assert any(b"GET /healthz " in r for r in up2.requests)
+    up2.stop()
+
+
+def test_all_hosts_unhealthy_is_panic_not_an_outage(start_mesh):
+    def down_but_serving(conn, index, head):  # fails its check, answers traffic
+        code = 503 if b"/healthz" in head else 200
+        conn.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % code)
+    a, b = RawUpstream(down_but_serving), RawUpstream(down_but_serving)
+    cfg = mesh_config([a.address, b.address], cluster={"health_checks": [{
+        "interval": "100ms", "unhealthy_threshold": 1, "http_health_check": {"path": "/healthz"}}]})
+    gm = start_mesh(cfg)
+    time.sleep(0.4)
+    assert [get(gm.port())[0] for _ in range(4)] == [200] * 4  # panic: all hosts used
+    a.stop()
+    b.stop()
