@@ -58,18 +58,29 @@ class Host:
         return not health.check_failed and now >= health.ejected_until
 
 
+class Load:
+    """A cluster's requests and retries in flight (circuit breakers); outlives snapshots."""
+
+    __slots__ = ("requests", "retries")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+
+
 class ClusterSnapshot:
     """One cluster as requests see it: immutable once published. Its load balancer covers
     the available hosts, or all of them in panic (under half available, as Envoy)."""
 
-    __slots__ = ("config", "hosts", "lb", "name", "manager")
+    __slots__ = ("config", "hosts", "lb", "name", "manager", "load")
 
     def __init__(self, config: model.Cluster, hosts: tuple[Host, ...],
-                 manager: ClusterManager | None = None):
+                 manager: ClusterManager | None = None, load: Load | None = None):
         self.config = config
         self.name = config.name
         self.hosts = hosts
         self.manager = manager
+        self.load = load or Load()
         now = time.monotonic()
         available = [h for h in hosts if h.available(now)]
         if len(available) * 2 < len(hosts):
@@ -178,7 +189,7 @@ class ClusterManager:
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
                                                          self._stats, ctx)
             hosts.append(Host(ep.address, ep.weight, pool, health.get(ep.address)))
-        return ClusterSnapshot(config, tuple(hosts), self)
+        return ClusterSnapshot(config, tuple(hosts), self, old.load if old is not None else None)
 
     def eject(self, name: str, host: Host) -> None:
         """Outlier ejection: out of the balancer for base_ejection_time x ejections so far."""
@@ -206,7 +217,7 @@ class ClusterManager:
             if old is None:
                 return
             new = dict(self._clusters)
-            new[name] = ClusterSnapshot(old.config, old.hosts, self)
+            new[name] = ClusterSnapshot(old.config, old.hosts, self, old.load)
             self._clusters = new
 
     def update(self, clusters: Iterable[model.Cluster], remove: Iterable[str] = ()) -> None:

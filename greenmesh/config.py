@@ -623,7 +623,8 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
     keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
             "max_pending_requests", "idle_timeout", "tls", "max_concurrent_streams",
-            "keepalive_interval", "outlier_detection", "health_checks")
+            "keepalive_interval", "outlier_detection", "health_checks", "max_requests",
+            "max_retries")
     obj = r.mapping(v, path, keys)
     if obj is None:
         return None
@@ -644,6 +645,9 @@ def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
                                        d["max_concurrent_streams"].default),
         keepalive_interval=r.field(obj, path, "keepalive_interval", parse_duration,
                                    d["keepalive_interval"].default),
+        max_requests=r.field(obj, path, "max_requests", _positive_int,
+                             d["max_requests"].default),
+        max_retries=r.field(obj, path, "max_retries", _count, d["max_retries"].default),
     )
     tls = _optional(r, obj, path, "tls", _tls_client)
     outlier = _optional(r, obj, path, "outlier_detection", _outlier)

@@ -89,6 +89,9 @@ class Cluster:
     eds_service_name: str | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    # Circuit breakers over the whole cluster (Envoy's defaults).
+    max_requests: int = 1024
+    max_retries: int = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,17 +171,18 @@ def _retry_conditions(e: StreamError) -> tuple[str, ...]:
 class _Retries:
     """A route's retry policy applied to one request: budget, conditions, back-off."""
 
-    __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_key")
+    __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_key", "_cluster")
 
-    def __init__(self, policy, timeout: float | None, stats: Stats, cluster: str):
+    def __init__(self, policy, timeout: float | None, stats: Stats, cluster):
         self.policy = policy
+        self._cluster = cluster
         self.left = policy.num_retries if policy else 0
         self.done = 0
         self.deadline = _monotonic() + timeout if timeout else None
         per_try = policy.per_try_timeout if policy else None
         self.try_timeout = (min(per_try, timeout) if per_try and timeout else per_try or timeout)
         self._stats = stats
-        self._key = f"cluster.{cluster}.upstream_rq_retry"
+        self._key = f"cluster.{cluster.name}.upstream_rq_retry"
 
     def allow(self, replayable: bool, *conditions: str) -> bool:
         """Spends a retry (and sleeps the back-off) if the policy covers one of conditions."""
@@ -208,6 +209,11 @@ class _Retries:
         delay = random.uniform(0, min(cap, base * (2 ** self.done)))
         if self.deadline is not None and _monotonic() + delay >= self.deadline:
             return False  # no time left for another try
+        load = self._cluster.load
+        if load.retries >= self._cluster.config.max_retries:
+            self._stats.inc(self._key + "_overflow")  # the retry circuit breaker
+            return False
+        load.retries += 1
         self.left -= 1
         self.done += 1
         self._stats.inc(self._key)
@@ -360,8 +366,21 @@ class Proxy:
             head.headers = _apply_header_ops(head.headers, matched.request_add,
                                              matched.request_remove)
         timeout = action.timeout or None
-        policy = action.retry_policy
-        retries = _Retries(policy, timeout, stats=self._stats, cluster=name)
+        load = cluster.load
+        if load.requests >= cluster.config.max_requests:
+            self._stats.inc(f"cluster.{name}.upstream_rq_overflow")
+            raise _LocalReply(503, "UO", b"upstream overflow",
+                              ((b"x-envoy-overloaded", b"true"),))
+        load.requests += 1
+        retries = _Retries(action.retry_policy, timeout, stats=self._stats, cluster=cluster)
+        try:
+            self._attempts(stream, ex, head, action, cluster, retries, timeout)
+        finally:
+            load.requests -= 1
+            load.retries -= retries.done
+
+    def _attempts(self, stream: ServerStream, ex: _Exchange, head: RequestHead, action,
+                  cluster, retries: _Retries, timeout: float | None) -> None:
         stale_retry = head.method in IDEMPOTENT  # one free retry on a stale keep-alive
         attempt = 0
         key = _hash_key(head, action.hash_policy) if action.hash_policy else None

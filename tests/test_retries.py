@@ -181,3 +181,26 @@ def test_all_hosts_unhealthy_is_panic_not_an_outage(start_mesh):
     assert [get(gm.port())[0] for _ in range(4)] == [200] * 4  # panic: all hosts used
     a.stop()
     b.stop()
+
+
+def test_circuit_breakers_max_requests_and_max_retries(upstream, start_mesh):
+    import threading
+    cfg = mesh_config([upstream.address], cluster={"max_requests": 1})
+    gm = start_mesh(cfg)
+    results = []
+    ts = [threading.Thread(target=lambda: results.append(get(gm.port(), "/delay/0.3")))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+        time.sleep(0.05)
+    for t in ts:
+        t.join()
+    assert sorted(s for s, _ in results) == [200, 503]
+    assert stats(cfg)["cluster.backend.upstream_rq_overflow"] == 1
+    bad = failing()
+    cfg2 = retry_config([bad.address, upstream.address], {"retry_on": "5xx", "num_retries": 1})
+    cfg2["clusters"][0]["max_retries"] = 0
+    gm2 = start_mesh(cfg2)
+    assert sorted(get(gm2.port())[0] for _ in range(2)) == [200, 503]  # no retry allowed
+    assert stats(cfg2)["cluster.backend.upstream_rq_retry_overflow"] == 1
+    bad.stop()
