@@ -171,7 +171,7 @@ def _retry_conditions(e: StreamError) -> tuple[str, ...]:
 class _Retries:
     """A route's retry policy applied to one request: budget, conditions, back-off."""
 
-    __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_key", "_cluster")
+    __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_cluster")
 
     def __init__(self, policy, timeout: float | None, stats: Stats, cluster):
         self.policy = policy
@@ -182,7 +182,6 @@ class _Retries:
         per_try = policy.per_try_timeout if policy else None
         self.try_timeout = (min(per_try, timeout) if per_try and timeout else per_try or timeout)
         self._stats = stats
-        self._key = f"cluster.{cluster.name}.upstream_rq_retry"
 
     def allow(self, replayable: bool, *conditions: str) -> bool:
         """Spends a retry (and sleeps the back-off) if the policy covers one of conditions."""
@@ -210,13 +209,14 @@ class _Retries:
         if self.deadline is not None and _monotonic() + delay >= self.deadline:
             return False  # no time left for another try
         load = self._cluster.load
+        key = f"cluster.{self._cluster.name}.upstream_rq_retry"  # only when retrying
         if load.retries >= self._cluster.config.max_retries:
-            self._stats.inc(self._key + "_overflow")  # the retry circuit breaker
+            self._stats.inc(key + "_overflow")  # the retry circuit breaker
             return False
         load.retries += 1
         self.left -= 1
         self.done += 1
-        self._stats.inc(self._key)
+        self._stats.inc(key)
         gevent.sleep(delay)
         return True
 
