@@ -351,16 +351,7 @@ def _retry_policy(p, conv: Conversion, where: str) -> model.RetryPolicy | None:
 
 
 def _header(h, where: str) -> model.HeaderMatcher:
-    sm = h.string_match
-    kinds = {}
-    if sm is not None:
-        for k in ("exact", "prefix", "suffix"):
-            if getattr(sm, k) is not None:
-                kinds[k] = getattr(sm, k)
-        if sm.safe_regex is not None:
-            kinds["regex"] = sm.safe_regex.regex
-        if sm.contains is not None or sm.ignore_case:
-            raise ConvertError(f"{where}.string_match: contains / ignore_case not supported")
+    kinds = _string_kinds(h.string_match, where)
     for legacy, k in (("exact_match", "exact"), ("prefix_match", "prefix"),
                       ("suffix_match", "suffix")):
         if getattr(h, legacy, None) is not None:
