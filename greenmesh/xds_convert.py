@@ -84,7 +84,8 @@ def cluster(c: Cluster, conv: Conversion) -> model.Cluster:
         lb = "round_robin"
     conv.check(where, c, {"name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
                           "load_assignment", "circuit_breakers", "http2_protocol_options",
-                          "typed_extension_protocol_options"},
+                          "typed_extension_protocol_options", "health_checks",
+                          "outlier_detection"},
                refuse={"cluster_type", "transport_socket", "transport_socket_matches"})
     protocol = "http2" if c.http2_protocol_options is not None else "http1"
     for key, options in (c.typed_extension_protocol_options or {}).items():
@@ -102,6 +103,10 @@ def cluster(c: Cluster, conv: Conversion) -> model.Cluster:
                 limits["max_connections"] = t.max_connections
             if t.max_pending_requests is not None:
                 limits["max_pending_requests"] = t.max_pending_requests
+            if t.max_requests is not None:
+                limits["max_requests"] = t.max_requests
+            if t.max_retries is not None:
+                limits["max_retries"] = t.max_retries
         if len(c.circuit_breakers.thresholds) > 1:
             conv.warnings.append(f"{where}.circuit_breakers: only the default priority is used")
     eds_name = None
@@ -111,9 +116,55 @@ def cluster(c: Cluster, conv: Conversion) -> model.Cluster:
         eds_name = (cfg.service_name if cfg is not None and cfg.service_name else c.name)
     elif c.load_assignment is not None:
         endpoints = load_assignment(c.load_assignment, conv, where + ".load_assignment")
+    extra: dict[str, Any] = {}
+    if c.health_checks:
+        extra["health_check"] = _health_check(c.health_checks[0], conv, f"{where}.health_checks[0]")
+        if len(c.health_checks) > 1:
+            conv.warnings.append(f"{where}.health_checks: only the first is used")
+    if c.outlier_detection is not None:
+        extra["outlier_detection"] = _outlier(c.outlier_detection, conv,
+                                              f"{where}.outlier_detection")
     return model.Cluster(name=c.name, endpoints=endpoints, protocol=protocol, lb_policy=lb,
+                         **extra,
                          connect_timeout=_seconds(c.connect_timeout, 5.0),
                          eds_service_name=eds_name, **limits)
+
+
+def _health_check(h, conv: Conversion, where: str) -> model.HealthCheck:
+    conv.check(where, h, {"timeout", "interval", "unhealthy_threshold", "healthy_threshold",
+                          "http_health_check", "tcp_health_check"})
+    path, statuses = None, ((200, 201),)
+    if h.http_health_check is not None:
+        hh = h.http_health_check
+        conv.check(f"{where}.http_health_check", hh, {"path", "expected_statuses", "host"})
+        path = hh.path or "/"
+        if hh.expected_statuses:
+            statuses = tuple((r.start, r.end) for r in hh.expected_statuses)
+    elif h.tcp_health_check is None:
+        raise ConvertError(f"{where}: only http_health_check and tcp_health_check are supported")
+    return model.HealthCheck(http_path=path, expected_statuses=statuses,
+                             interval=_seconds(h.interval, 5.0), timeout=_seconds(h.timeout, 1.0),
+                             healthy_threshold=h.healthy_threshold or 1,
+                             unhealthy_threshold=h.unhealthy_threshold or 2)
+
+
+def _outlier(o, conv: Conversion, where: str) -> model.OutlierDetection:
+    conv.check(where, o, {"consecutive_5xx", "base_ejection_time", "max_ejection_percent",
+                          "max_ejection_time", "enforcing_consecutive_5xx",
+                          "consecutive_gateway_failure",
+                          "enforcing_consecutive_gateway_failure", "interval"})
+    # Envoy enforces consecutive 5xx by default (100%) and gateway failures not at all (0%).
+    c5xx = o.consecutive_5xx if o.consecutive_5xx is not None else 5
+    if o.enforcing_consecutive_5xx == 0:
+        c5xx = 0
+    gateway = o.consecutive_gateway_failure if o.consecutive_gateway_failure is not None else 5
+    if not o.enforcing_consecutive_gateway_failure:
+        gateway = 0
+    return model.OutlierDetection(
+        consecutive_5xx=c5xx, consecutive_gateway_failure=gateway,
+        base_ejection_time=_seconds(o.base_ejection_time, 30.0),
+        max_ejection_time=_seconds(o.max_ejection_time, 300.0),
+        max_ejection_percent=o.max_ejection_percent if o.max_ejection_percent is not None else 10)
 
 
 def load_assignment(cla: ClusterLoadAssignment, conv: Conversion,

@@ -349,3 +349,35 @@ def test_rds_route_actions_convert(cp, start_mesh, ups):
     conn.request("GET", "/echo")
     assert b'"x-from": "rds"' in conn.getresponse().read()
     assert not cp.nacks(RDS)
+
+
+def test_cluster_resilience_fields_convert():
+    from envoy_data_plane.envoy.config.cluster.v3 import (
+        CircuitBreakers,
+        CircuitBreakersThresholds,
+        ClusterLbPolicy,
+        OutlierDetection,
+    )
+    from envoy_data_plane.envoy.config.core.v3 import HealthCheck, HealthCheckHttpHealthCheck
+    from envoy_data_plane.envoy.type.v3 import Int64Range
+
+    from greenmesh import model, xds_convert
+    c = static_cluster("svc", "127.0.0.1:1")
+    c.lb_policy = ClusterLbPolicy.MAGLEV
+    c.health_checks = [HealthCheck(
+        timeout=datetime.timedelta(milliseconds=500), interval=datetime.timedelta(seconds=2),
+        unhealthy_threshold=3, healthy_threshold=2,
+        http_health_check=HealthCheckHttpHealthCheck(
+            path="/healthz", expected_statuses=[Int64Range(start=200, end=300)]))]
+    c.outlier_detection = OutlierDetection(consecutive_5xx=3,
+                                           base_ejection_time=datetime.timedelta(seconds=10),
+                                           max_ejection_percent=50)
+    c.circuit_breakers = CircuitBreakers(thresholds=[CircuitBreakersThresholds(
+        max_requests=100, max_retries=1, max_connections=10)])
+    conv = xds_convert.Conversion()
+    m = xds_convert.cluster(c, conv)
+    assert conv.warnings == []  # every field set was converted
+    assert m.lb_policy == "maglev"
+    assert m.health_check == model.HealthCheck("/healthz", ((200, 300),), 2.0, 0.5, 2, 3)
+    assert m.outlier_detection == model.OutlierDetection(3, 0, 10.0, 300.0, 50)
+    assert (m.max_requests, m.max_retries, m.max_connections) == (100, 1, 10)
