@@ -453,7 +453,8 @@ def _hash_policy(r: _Reader, v: Any, path: str) -> model.HashPolicy | None:
 def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
     a = r.mapping(v, path, ("cluster", "weighted_clusters", "cluster_header", "timeout",
                             "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-                            "auto_host_rewrite", "retry_policy", "hash_policy"))
+                            "auto_host_rewrite", "retry_policy", "hash_policy",
+                            "request_mirror_policies"))
     if a is None:
         return None
     cluster = r.field(a, path, "cluster", _string, None)
@@ -486,18 +487,25 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
     timeout = r.field(a, path, "timeout", parse_duration, 15.0)
     retry = _optional(r, a, path, "retry_policy", _retry_policy)
     hashes = [_hash_policy(r, h, p) for p, h in r.items(a, path, "hash_policy")]
+    mirrors = []
+    for p, m in r.items(a, path, "request_mirror_policies"):
+        mo = r.mapping(m, p, ("cluster",))
+        mirror = r.field(mo, p, "cluster", _string) if mo is not None else None
+        if mirror is not None:
+            mirrors.append(mirror)
     prefix_rewrite = r.field(a, path, "prefix_rewrite", str, None)
     host = r.field(a, path, "host_rewrite_literal", _string, None)
     auto = r.field(a, path, "auto_host_rewrite", _boolean, False)
     if (timeout is None or auto is None or (cluster is None and header is None and not weighted)
             or ("regex_rewrite" in a and regex_rewrite is None) or retry is ...
-            or None in hashes):
+            or None in hashes or len(mirrors) != len(a.get("request_mirror_policies") or [])):
         return None
     return model.RouteAction(cluster=cluster, timeout=timeout, weighted_clusters=tuple(weighted),
                              cluster_header=header.lower() if header else None,
                              prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
                              host_rewrite_literal=host, auto_host_rewrite=auto,
-                             retry_policy=retry, hash_policy=tuple(hashes))
+                             retry_policy=retry, hash_policy=tuple(hashes),
+                             request_mirror_policies=tuple(mirrors))
 
 
 def _direct(r: _Reader, v: Any, path: str) -> model.DirectResponse | None:
@@ -777,6 +785,10 @@ def load_dict(data: Any) -> model.MeshConfig:
                     if wc.name not in cluster_names:
                         r.error(f"{where}.weighted_clusters.clusters[{n}].name",
                                 f"unknown cluster {wc.name!r}")
+                for n, mirror in enumerate(action.request_mirror_policies):
+                    if mirror not in cluster_names:
+                        r.error(f"{where}.request_mirror_policies[{n}].cluster",
+                                f"unknown cluster {mirror!r}")
     drain = r.field(obj, "", "drain_timeout", parse_duration, 5.0)
     if r.errors:
         raise ConfigError(r.errors)

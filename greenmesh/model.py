@@ -193,6 +193,8 @@ class RouteAction:
     auto_host_rewrite: bool = False
     retry_policy: RetryPolicy | None = None
     hash_policy: tuple[HashPolicy, ...] = ()
+    # Clusters that get a copy of each request (fire and forget; host gets "-shadow").
+    request_mirror_policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,10 +152,15 @@ class _RetryStatus(Exception):
         self.status = status
 
 
+def _replayable_body(stream: ServerStream, ex: _Exchange) -> bool:
+    """All of the request body was read and kept (so it can be sent again elsewhere)."""
+    return ex.replay_ok and (stream.request_complete or ex.body_done_at is not None)
+
+
 def _replayable(stream: ServerStream, ex: _Exchange) -> bool:
-    """Whether the request can be sent again: all of it was read and kept."""
-    return ex.replay_ok and not stream.response_started and (
-        stream.request_complete or ex.body_done_at is not None)
+    """Whether the request can be sent again: all of it was read and kept, and nothing of a
+    response has reached the client yet."""
+    return not stream.response_started and _replayable_body(stream, ex)
 
 
 def _retry_conditions(e: StreamError) -> tuple[str, ...]:
@@ -378,6 +383,49 @@ class Proxy:
         finally:
             load.requests -= 1
             load.retries -= retries.done
+        if action.request_mirror_policies and _replayable_body(stream, ex):
+            for mirror in action.request_mirror_policies:
+                gevent.spawn(self._mirror, mirror, head, list(ex.replay), stream.trailers,
+                             timeout)
+
+    def _mirror(self, name: str, head: RequestHead, body: list[bytes], trailers,
+                timeout: float | None) -> None:
+        """A copy of the request to another cluster; its answer is read and dropped."""
+        cluster = self._clusters.get(name)
+        host = cluster.lb.pick() if cluster is not None else None
+        key = f"cluster.{name}.upstream_rq_mirror"
+        if host is None:
+            self._stats.inc(key + "_failed")
+            return
+        shadow = RequestHead(head.method, head.path, head.authority + b"-shadow", head.scheme,
+                             list(head.headers))
+        try:
+            cs = host.pool.new_stream(timeout)
+        except (ConnectFailure, PoolClosed, PoolOverflow, StreamTimeout):
+            self._stats.inc(key + "_failed")
+            return
+        try:
+            cs.send_headers(shadow, end_stream=not body and not trailers)
+            if body or trailers:
+                for chunk in body[:-1]:
+                    cs.send_data(chunk, end_stream=False)
+                if trailers:
+                    if body:
+                        cs.send_data(body[-1], end_stream=False)
+                    cs.send_trailers(trailers)
+                else:
+                    cs.send_data(body[-1], end_stream=True)
+            resp = cs.read_headers(timeout)
+            while resp.status < 200:
+                resp = cs.read_headers(timeout)
+            while cs.read_body(timeout) is not None:
+                pass
+            self._stats.inc(key)
+        except StreamError:
+            self._stats.inc(key + "_failed")
+            cs.reset("mirror failed")
+        finally:
+            cs.finish()
 
     def _attempts(self, stream: ServerStream, ex: _Exchange, head: RequestHead, action,
                   cluster, retries: _Retries, timeout: float | None) -> None:

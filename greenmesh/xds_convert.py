@@ -341,7 +341,8 @@ def _route(r, conv: Conversion, where: str) -> model.Route:
     a = r.route
     conv.check(f"{where}.route", a, {"cluster", "timeout", "weighted_clusters", "cluster_header",
                                      "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-                                     "auto_host_rewrite", "retry_policy", "hash_policy"},
+                                     "auto_host_rewrite", "retry_policy", "hash_policy",
+                                     "request_mirror_policies"},
                refuse={"cluster_specifier_plugin", "inline_cluster_specifier_plugin",
                        "path_rewrite_policy", "path_rewrite", "host_rewrite_header",
                        "host_rewrite_path_regex", "upgrade_configs"})
@@ -373,8 +374,13 @@ def _route(r, conv: Conversion, where: str) -> model.Route:
             hashes.append(model.HashPolicy(cookie=h.cookie.name))
         elif h.connection_properties is not None and h.connection_properties.source_ip:
             hashes.append(model.HashPolicy(source_ip=True))
+    mirrors = []
+    for k, mp in enumerate(a.request_mirror_policies):
+        conv.check(f"{where}.route.request_mirror_policies[{k}]", mp, {"cluster"})
+        if mp.cluster:
+            mirrors.append(mp.cluster)
     return model.Route(match=match, name=r.name, headers=ops, route=model.RouteAction(
-        retry_policy=retry, hash_policy=tuple(hashes),
+        retry_policy=retry, hash_policy=tuple(hashes), request_mirror_policies=tuple(mirrors),
         cluster=a.cluster or None, timeout=_seconds(a.timeout, 15.0),
         weighted_clusters=weighted, cluster_header=(a.cluster_header or "").lower() or None,
         prefix_rewrite=a.prefix_rewrite or None, regex_rewrite=regex_rewrite,
