@@ -8,6 +8,8 @@ finish, then its connections close.
 
 from __future__ import annotations
 
+import bisect
+import random
 import threading
 import time
 from collections.abc import Iterable
@@ -40,14 +42,15 @@ class HostHealth:
 
 
 class Host:
-    __slots__ = ("address", "weight", "pool", "health")
+    __slots__ = ("address", "weight", "pool", "health", "priority")
 
     def __init__(self, address: model.Address, weight: int, pool: Pool,
-                 health: HostHealth | None = None):
+                 health: HostHealth | None = None, priority: int = 0):
         self.address = address
         self.weight = weight
         self.pool = pool
         self.health = health or HostHealth()
+        self.priority = priority
 
     @property
     def active(self) -> int:
@@ -83,9 +86,13 @@ class ClusterSnapshot:
         self.load = load or Load()
         now = time.monotonic()
         available = [h for h in hosts if h.available(now)]
+        policy = POLICIES[config.lb_policy]
         if len(available) * 2 < len(hosts):
-            available = list(hosts)  # panic: spread over everything rather than overload few
-        self.lb = POLICIES[config.lb_policy](available)
+            self.lb = policy(list(hosts))  # panic: spread over everything, not overload few
+        elif any(h.priority for h in hosts):
+            self.lb = PriorityLoad(hosts, available, policy)
+        else:
+            self.lb = policy(available)
 
     def record(self, host: Host, status: int) -> None:
         """An upstream outcome (a status, or 0 for a connect failure or reset), for outlier
@@ -149,6 +156,42 @@ def _check_host(host: Host, hc: model.HealthCheck, cluster: str) -> bool:
     return False
 
 
+OVERPROVISIONING = 1.4  # Envoy's default overprovisioning factor
+
+
+class PriorityLoad:
+    """Envoy's priority levels: each level takes its available share x 1.4 of what is left,
+    level 0 first, so traffic spills to the next level only as hosts become unavailable."""
+
+    __slots__ = ("levels", "_cumulative")
+
+    def __init__(self, hosts, available, policy) -> None:
+        by_level: dict[int, list] = {}
+        for h in hosts:
+            by_level.setdefault(h.priority, [])
+        for h in available:
+            by_level[h.priority].append(h)
+        totals = {p: sum(1 for h in hosts if h.priority == p) for p in by_level}
+        left, shares = 1.0, []
+        for p in sorted(by_level):
+            share = min(left, OVERPROVISIONING * len(by_level[p]) / totals[p])
+            if share > 0 and by_level[p]:
+                shares.append((p, share))
+                left -= share
+        total = sum(s for _, s in shares) or 1.0  # under 100% in all: normalised, as Envoy
+        self.levels = [policy(by_level[p]) for p, _ in shares]
+        self._cumulative, acc = [], 0.0
+        for _, s in shares:
+            acc += s / total
+            self._cumulative.append(acc)
+
+    def pick(self, key: int | None = None):
+        if not self.levels:
+            return None
+        i = bisect.bisect_left(self._cumulative, random.random())
+        return self.levels[min(i, len(self.levels) - 1)].pick(key)
+
+
 def _pool_settings(c: model.Cluster) -> tuple:
     """What a pool depends on: a change here means new pools, not reused ones."""
     return (c.protocol, c.connect_timeout, c.max_connections, c.max_pending_requests,
@@ -188,7 +231,7 @@ class ClusterManager:
             slicer.tick()
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
                                                          self._stats, ctx)
-            hosts.append(Host(ep.address, ep.weight, pool, health.get(ep.address)))
+            hosts.append(Host(ep.address, ep.weight, pool, health.get(ep.address), ep.priority))
         return ClusterSnapshot(config, tuple(hosts), self, old.load if old is not None else None)
 
     def eject(self, name: str, host: Host) -> None:

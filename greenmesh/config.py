@@ -615,17 +615,18 @@ def _route_config(r: _Reader, v: Any, path: str) -> model.RouteConfig | None:
 def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
     if isinstance(v, str):  # shorthand: just "host:port"
         v = {"address": v}
-    obj = r.mapping(v, path, ("address", "weight"))
+    obj = r.mapping(v, path, ("address", "weight", "priority"))
     if obj is None:
         return None
     address = r.field(obj, path, "address", parse_address)
     weight = r.field(obj, path, "weight", _positive_int, 1)
-    if address is None or weight is None:
+    priority = r.field(obj, path, "priority", _count, 0)
+    if address is None or weight is None or priority is None:
         return None
     if address.port == 0:
         r.error(_join(path, "address"), "expected a port between 1 and 65535")
         return None
-    return model.Endpoint(address=address, weight=weight)
+    return model.Endpoint(address=address, weight=weight, priority=priority)
 
 
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:

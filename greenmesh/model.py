@@ -22,6 +22,7 @@ class Address:
 class Endpoint:
     address: Address
     weight: int = 1
+    priority: int = 0  # 0 first; higher levels take the load the lower ones cannot
 
 
 @dataclass(frozen=True, slots=True)

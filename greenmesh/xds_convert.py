@@ -172,10 +172,15 @@ def load_assignment(cla: ClusterLoadAssignment, conv: Conversion,
     where = where or f"cluster_load_assignment {cla.cluster_name!r}"
     conv.check(where, cla, {"cluster_name", "endpoints", "policy"})
     out: list[model.Endpoint] = []
+    # Locality weights become host weights: a locality's share split among its hosts by their
+    # own weights (scaled to whole numbers), which picks localities as Envoy's weighted
+    # locality balancing does, with one level of balancer.
+    weighted = any(loc.load_balancing_weight for loc in cla.endpoints)
     for i, locality in enumerate(cla.endpoints):
-        if locality.priority:
-            conv.warnings.append(f"{where}.endpoints[{i}].priority: priorities not supported "
-                                 "yet, all priorities share the load")
+        hosts_weight = sum(lb.load_balancing_weight or 1 for lb in locality.lb_endpoints) or 1
+        scale = (locality.load_balancing_weight or 0) * 1000 / hosts_weight if weighted else None
+        if weighted and not locality.load_balancing_weight:
+            continue  # Envoy: without a weight a locality takes no traffic once any has one
         for j, lb in enumerate(locality.lb_endpoints):
             if lb.health_status in _SKIP_HEALTH:
                 continue
@@ -184,8 +189,11 @@ def load_assignment(cla: ClusterLoadAssignment, conv: Conversion,
             if sa is None or not sa.address or not sa.port_value:
                 raise ConvertError(f"{where}.endpoints[{i}].lb_endpoints[{j}].endpoint.address: "
                                    "expected a socket address with a port")
-            out.append(model.Endpoint(model.Address(sa.address, sa.port_value),
-                                      lb.load_balancing_weight or 1))
+            weight = lb.load_balancing_weight or 1
+            if scale is not None:
+                weight = max(1, round(weight * scale))
+            out.append(model.Endpoint(model.Address(sa.address, sa.port_value), weight,
+                                      locality.priority or 0))
     return tuple(out)
 
 

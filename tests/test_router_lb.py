@@ -175,3 +175,45 @@ def test_hashing_is_sticky_even_and_consistent(policy):
                 if h != hosts[4].name and smaller.pick(k).name != h)
     assert moved / len(keys) < 0.2, moved
     assert POLICIES[policy]([AH("w1", weight=1), AH("w3", weight=3)]).pick(keys[0]) is not None
+
+
+def test_priority_levels_spill_over_as_envoy():
+    from greenmesh.cluster import PriorityLoad
+    from greenmesh.lb import RoundRobin
+
+    class P(AH):
+        def __init__(self, name: str, priority: int):
+            super().__init__(name)
+            self.priority = priority
+    hosts = [P("a0", 0), P("b0", 0), P("a1", 1), P("b1", 1)]
+    lb = PriorityLoad(hosts, hosts, RoundRobin)
+    assert {lb.pick().name for _ in range(200)} == {"a0", "b0"}  # level 0 takes all
+    half = PriorityLoad(hosts, [h for h in hosts if h.name != "b0"], RoundRobin)
+    counts = Counter(half.pick().priority for _ in range(10000))
+    # Level 0 at 50% available x 1.4 overprovisioning takes 70%; level 1 the rest.
+    assert abs(counts[0] / 10000 - 0.7) < 0.03, counts
+
+
+def test_eds_localities_and_priorities_convert():
+    from envoy_data_plane.envoy.config.endpoint.v3 import (
+        ClusterLoadAssignment,
+        Endpoint,
+        LbEndpoint,
+        LocalityLbEndpoints,
+    )
+
+    from greenmesh import xds_convert
+    from tests.test_xds import addr
+
+    def loc(weight, priority, *hosts):
+        return LocalityLbEndpoints(load_balancing_weight=weight, priority=priority,
+                                   lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=addr(h)))
+                                                 for h in hosts])
+    cla = ClusterLoadAssignment(cluster_name="c", endpoints=[
+        loc(1, 0, "10.0.0.1:80"), loc(3, 0, "10.0.0.2:80", "10.0.0.3:80"),
+        loc(1, 1, "10.0.1.1:80")])
+    eps = xds_convert.load_assignment(cla, xds_convert.Conversion())
+    weights = {e.address.host: (e.weight, e.priority) for e in eps}
+    # The 3x locality splits its weight over two hosts: 1500 each against 1000.
+    assert weights == {"10.0.0.1": (1000, 0), "10.0.0.2": (1500, 0), "10.0.0.3": (1500, 0),
+                       "10.0.1.1": (1000, 1)}
