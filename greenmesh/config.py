@@ -454,7 +454,7 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
     a = r.mapping(v, path, ("cluster", "weighted_clusters", "cluster_header", "timeout",
                             "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
                             "auto_host_rewrite", "retry_policy", "hash_policy",
-                            "request_mirror_policies"))
+                            "request_mirror_policies", "idle_timeout"))
     if a is None:
         return None
     cluster = r.field(a, path, "cluster", _string, None)
@@ -485,6 +485,7 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
             if pattern is not None and sub is not None:
                 regex_rewrite = (pattern, sub)
     timeout = r.field(a, path, "timeout", parse_duration, 15.0)
+    idle = r.field(a, path, "idle_timeout", parse_duration, 0.0)
     retry = _optional(r, a, path, "retry_policy", _retry_policy)
     hashes = [_hash_policy(r, h, p) for p, h in r.items(a, path, "hash_policy")]
     mirrors = []
@@ -496,7 +497,8 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
     prefix_rewrite = r.field(a, path, "prefix_rewrite", str, None)
     host = r.field(a, path, "host_rewrite_literal", _string, None)
     auto = r.field(a, path, "auto_host_rewrite", _boolean, False)
-    if (timeout is None or auto is None or (cluster is None and header is None and not weighted)
+    if (timeout is None or idle is None or auto is None
+            or (cluster is None and header is None and not weighted)
             or ("regex_rewrite" in a and regex_rewrite is None) or retry is ...
             or None in hashes or len(mirrors) != len(a.get("request_mirror_policies") or [])):
         return None
@@ -505,7 +507,7 @@ def _action(r: _Reader, v: Any, path: str) -> model.RouteAction | None:
                              prefix_rewrite=prefix_rewrite, regex_rewrite=regex_rewrite,
                              host_rewrite_literal=host, auto_host_rewrite=auto,
                              retry_policy=retry, hash_policy=tuple(hashes),
-                             request_mirror_policies=tuple(mirrors))
+                             request_mirror_policies=tuple(mirrors), idle_timeout=idle)
 
 
 def _direct(r: _Reader, v: Any, path: str) -> model.DirectResponse | None:

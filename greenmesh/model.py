@@ -196,6 +196,8 @@ class RouteAction:
     hash_policy: tuple[HashPolicy, ...] = ()
     # Clusters that get a copy of each request (fire and forget; host gets "-shadow").
     request_mirror_policies: tuple[str, ...] = ()
+    # The longest wait for the upstream's next bytes (head or body); 0: none.
+    idle_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

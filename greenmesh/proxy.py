@@ -178,14 +178,16 @@ class _Retries:
 
     __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_cluster")
 
-    def __init__(self, policy, timeout: float | None, stats: Stats, cluster):
+    def __init__(self, policy, timeout: float | None, stats: Stats, cluster,
+                 idle: float | None = None):
         self.policy = policy
         self._cluster = cluster
         self.left = policy.num_retries if policy else 0
         self.done = 0
         self.deadline = _monotonic() + timeout if timeout else None
         per_try = policy.per_try_timeout if policy else None
-        self.try_timeout = (min(per_try, timeout) if per_try and timeout else per_try or timeout)
+        waits = [t for t in (per_try, timeout, idle) if t]
+        self.try_timeout = min(waits) if waits else None  # for the response head
         self._stats = stats
 
     def allow(self, replayable: bool, *conditions: str) -> bool:
@@ -377,7 +379,8 @@ class Proxy:
             raise _LocalReply(503, "UO", b"upstream overflow",
                               ((b"x-envoy-overloaded", b"true"),))
         load.requests += 1
-        retries = _Retries(action.retry_policy, timeout, stats=self._stats, cluster=cluster)
+        retries = _Retries(action.retry_policy, timeout, stats=self._stats, cluster=cluster,
+                           idle=action.idle_timeout or None)
         try:
             self._attempts(stream, ex, head, action, cluster, retries, timeout)
         finally:
@@ -579,8 +582,15 @@ class Proxy:
             return
         stream.send_headers(out, end_stream=False)
 
+        idle = ex.route.route.route.idle_timeout if ex.route is not None else 0.0
+
         def read(block: bool):
-            return cs.read_body(_remaining(deadline) if block else None, block)
+            if not block:
+                return cs.read_body(None, False)
+            wait = _remaining(deadline)
+            if idle and (wait is None or idle < wait):
+                wait = idle  # the route's idle timeout: no bytes for this long ends it
+            return cs.read_body(wait)
 
         def count(chunk: bytes) -> None:
             ex.bytes_out += len(chunk)

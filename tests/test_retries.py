@@ -204,3 +204,83 @@ def test_circuit_breakers_max_requests_and_max_retries(upstream, start_mesh):
     assert sorted(get(gm2.port())[0] for _ in range(2)) == [200, 503]  # no retry allowed
     assert stats(cfg2)["cluster.backend.upstream_rq_retry_overflow"] == 1
     bad.stop()
+
+
+def test_route_idle_timeout_cuts_a_stalled_stream(start_mesh):
+    def stall(conn, index, head):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        time.sleep(3)
+    up = RawUpstream(stall)
+    cfg = mesh_config([up.address], routes=[{"match": {"prefix": "/"}, "route": {
+        "cluster": "backend", "timeout": "0s", "idle_timeout": "300ms"}}])
+    gm = start_mesh(cfg)
+    from tests.harness import raw_request
+    t0 = time.monotonic()
+    out = raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"first" in out and not out.endswith(b"0\r\n\r\n")
+    assert 0.25 < time.monotonic() - t0 < 2  # cut when idle, though the route has no timeout
+    up.stop()
+
+
+def test_tcp_health_check_and_auto_host_rewrite(upstream, start_mesh):
+    dead = f"127.0.0.1:{free_port()}"
+    cfg = mesh_config([dead, upstream.address], routes=[{"match": {"prefix": "/"}, "route": {
+        "cluster": "backend", "auto_host_rewrite": True}}],
+        cluster={"health_checks": [{"interval": "100ms", "unhealthy_threshold": 1,
+                                    "tcp_health_check": {}}]})
+    gm = start_mesh(cfg)
+    time.sleep(0.4)  # the refused host fails its TCP check
+    import json
+    for _ in range(4):
+        status, body = get(gm.port(), "/echo")
+        assert status == 200
+        assert json.loads(body.split(b"\n", 1)[0])["headers"]["host"] == upstream.address
+
+
+def test_source_ip_hash_is_sticky(start_mesh):
+    from tests.harness import Upstream
+    ups = [Upstream(f"s{i}") for i in range(3)]
+    try:
+        cfg = mesh_config([u.address for u in ups], cluster={"lb_policy": "ring_hash"}, routes=[
+            {"match": {"prefix": "/"}, "route": {
+                "cluster": "backend",
+                "hash_policy": [{"connection_properties": {"source_ip": True}}]}}])
+        gm = start_mesh(cfg)
+        seen = set()
+        for _ in range(6):
+            conn = http.client.HTTPConnection("127.0.0.1", gm.port(), timeout=5)
+            conn.request("GET", "/")
+            resp = conn.getresponse()
+            resp.read()
+            seen.add(resp.getheader("x-upstream"))
+        assert len(seen) == 1  # one client address, one host
+    finally:
+        for u in ups:
+            u.stop()
+
+
+def test_ejections_grow_and_respect_the_cap():
+    from greenmesh import model
+    from greenmesh.cluster import ClusterManager
+    from greenmesh.stats import Stats
+    from greenmesh.streams import default_registry
+    cm = ClusterManager(default_registry(), Stats())
+    od = model.OutlierDetection(consecutive_5xx=1, base_ejection_time=10.0,
+                                max_ejection_time=25.0, max_ejection_percent=30)
+    eps = tuple(model.Endpoint(model.Address("127.0.0.1", 9000 + i)) for i in range(4))
+    cm.update([model.Cluster(name="c", endpoints=eps, outlier_detection=od)])
+    snap = cm.get("c")
+    a, b = snap.hosts[0], snap.hosts[1]
+    now = time.monotonic()
+    snap.record(a, 503)
+    assert 9 < a.health.ejected_until - now < 11  # first ejection: base time
+    cm.get("c").record(b, 0)
+    assert b.health.ejected_until == 0.0  # a second would exceed 30% of 4 hosts
+    a.health.ejected_until = 0.0
+    cm.refresh("c")
+    cm.get("c").record(a, 500)
+    assert 19 < a.health.ejected_until - time.monotonic() < 21  # second: twice as long
+    a.health.ejected_until = 0.0
+    cm.get("c").record(a, 500)
+    assert a.health.ejected_until - time.monotonic() < 26  # capped at max_ejection_time
+    cm.close()
