@@ -20,7 +20,7 @@ from greenmesh import model, tls
 from greenmesh.conn import Conn, ConnError
 from greenmesh.cooperate import Slicer
 from greenmesh.lb import POLICIES
-from greenmesh.pool import Pool, make_pool
+from greenmesh.pool import Load, Pool, make_pool
 from greenmesh.stats import Stats
 from greenmesh.streams import Registry
 
@@ -59,16 +59,6 @@ class Host:
     def available(self, now: float) -> bool:
         health = self.health
         return not health.check_failed and now >= health.ejected_until
-
-
-class Load:
-    """A cluster's requests and retries in flight (circuit breakers); outlives snapshots."""
-
-    __slots__ = ("requests", "retries")
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.retries = 0
 
 
 class ClusterSnapshot:
@@ -220,19 +210,21 @@ class ClusterManager:
     def _build(self, config: model.Cluster, old: ClusterSnapshot | None) -> ClusterSnapshot:
         reusable: dict[model.Address, Pool] = {}
         health = {h.address: h.health for h in old.hosts} if old is not None else {}
-        if old is not None and _pool_settings(old.config) == _pool_settings(config):
+        same = old is not None and _pool_settings(old.config) == _pool_settings(config)
+        if same:
             reusable = {h.address: h.pool for h in old.hosts}
         protocol = self._registry.get(config.protocol)
         ctx = (tls.client_context(config.tls, [protocol.alpn] if protocol.alpn else [])
                if config.tls else None)
+        load = old.load if same else Load()
         hosts = []
         slicer = Slicer()  # a big host set is built while traffic keeps flowing
         for ep in config.endpoints:
             slicer.tick()
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
-                                                         self._stats, ctx)
+                                                         self._stats, ctx, load)
             hosts.append(Host(ep.address, ep.weight, pool, health.get(ep.address), ep.priority))
-        return ClusterSnapshot(config, tuple(hosts), self, old.load if old is not None else None)
+        return ClusterSnapshot(config, tuple(hosts), self, load)
 
     def eject(self, name: str, host: Host) -> None:
         """Outlier ejection: out of the balancer for base_ejection_time x ejections so far."""

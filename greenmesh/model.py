@@ -75,7 +75,8 @@ class Cluster:
     protocol: str = "http1"
     lb_policy: str = "round_robin"
     connect_timeout: float = 1.0
-    # Per-host cap on upstream connections and on requests waiting for one (Envoy's defaults).
+    # Circuit breakers over the whole cluster (Envoy's defaults): upstream connections and
+    # requests waiting for one.
     max_connections: int = 1024
     max_pending_requests: int = 1024
     # Idle pooled connections are closed after this long.
@@ -90,7 +91,7 @@ class Cluster:
     eds_service_name: str | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
-    # Circuit breakers over the whole cluster (Envoy's defaults).
+    # ... and requests and retries in flight.
     max_requests: int = 1024
     max_retries: int = 3
 

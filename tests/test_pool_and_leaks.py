@@ -135,3 +135,23 @@ def test_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh):
         time.sleep(0.05)
     assert fds(gm.proc.pid) == baseline - 1 + idle, (fds(gm.proc.pid), baseline, idle)
     raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+
+def test_connection_limit_spans_the_cluster(start_mesh):
+    from tests.harness import Upstream
+    ups = [Upstream(f"c{i}") for i in range(2)]
+    try:
+        cfg = mesh_config([u.address for u in ups],
+                          cluster={"max_connections": 1, "max_pending_requests": 0})
+        gm = start_mesh(cfg)
+        barrier = threading.Barrier(2)
+
+        def one(_):
+            barrier.wait()
+            return get(gm.port(), "/delay/0.4").status
+        with ThreadPoolExecutor(2) as ex:
+            statuses = sorted(ex.map(one, range(2)))
+        assert statuses == [200, 503]  # two hosts, one connection for the whole cluster
+    finally:
+        for u in ups:
+            u.stop()
