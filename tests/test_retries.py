@@ -284,3 +284,22 @@ def test_ejections_grow_and_respect_the_cap():
     cm.get("c").record(a, 500)
     assert a.health.ejected_until - time.monotonic() < 26  # capped at max_ejection_time
     cm.close()
+
+
+def test_consecutive_gateway_failures_eject_but_other_5xx_do_not():
+    from greenmesh import model
+    from greenmesh.cluster import ClusterManager
+    from greenmesh.stats import Stats
+    from greenmesh.streams import default_registry
+    cm = ClusterManager(default_registry(), Stats())
+    od = model.OutlierDetection(consecutive_5xx=0, consecutive_gateway_failure=2,
+                                max_ejection_percent=100)
+    eps = tuple(model.Endpoint(model.Address("127.0.0.1", 9100 + i)) for i in range(2))
+    cm.update([model.Cluster(name="g", endpoints=eps, outlier_detection=od)])
+    host = cm.get("g").hosts[0]
+    for status in (500, 500, 500, 200, 503):
+        cm.get("g").record(host, status)
+    assert host.health.ejected_until == 0.0  # 500s are not gateway failures; 200 resets
+    cm.get("g").record(host, 0)  # a connect failure is one
+    assert host.health.ejected_until > time.monotonic()
+    cm.close()
