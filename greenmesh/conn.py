@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import socket as _stdsocket
 import time
+from collections.abc import Callable
 
+import gevent
+import gevent.event
 from gevent import socket, ssl
 
 READ_SIZE = 65536
@@ -176,3 +179,53 @@ class Conn:
             self.sock.close()
         except OSError:
             pass
+
+
+class BatchWriter:
+    """One greenlet writes a connection for many producers (multiplexed streams).
+
+    Producers queue bytes where ``pull`` finds them and call ``wake()``; the writer sends all
+    that is queued in one write per wake-up, so no producer blocks on the socket and the
+    frames of many streams share a syscall. It can close the connection once flushed.
+    """
+
+    __slots__ = ("conn", "_pull", "_on_close", "_wake", "_close_after", "_greenlet")
+
+    def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None]):
+        self.conn = conn
+        self._pull = pull
+        self._on_close = on_close
+        self._wake = gevent.event.Event()
+        self._close_after = ""
+        self._greenlet = gevent.spawn(self._run)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close_after_flush(self, reason: str) -> None:
+        self._close_after = reason
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._greenlet.kill(block=False)
+
+    def join(self, timeout: float) -> None:
+        self._greenlet.join(timeout=timeout)
+        if not self._greenlet.dead:
+            self._greenlet.kill(block=False)
+
+    def _run(self) -> None:
+        wake, pull, conn = self._wake, self._pull, self.conn
+        try:
+            while True:
+                wake.wait()
+                wake.clear()
+                while data := pull():  # more may queue while a write blocks
+                    conn.write(data)
+                if self._close_after:
+                    self._on_close(self._close_after)
+                    return
+                if conn.closed:
+                    return
+        except ConnError as e:
+            self._on_close(f"write failed: {e}")

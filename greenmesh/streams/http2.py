@@ -43,7 +43,7 @@ from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
 from greenmesh import model
-from greenmesh.conn import Conn, ConnError
+from greenmesh.conn import BatchWriter, Conn, ConnError
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -161,9 +161,7 @@ class _H2Connection:
         self.streams: dict[int, _Stream] = {}
         self.closed = False
         self.goaway = False
-        self._close_when_flushed = ""
-        self._want_write = Event()
-        self._writer: gevent.Greenlet | None = None
+        self._writer: BatchWriter | None = None
         self._dispatch: dict[type, Callable] = {
             DataReceived: self._on_data, StreamEnded: self._on_ended,
             TrailersReceived: self._on_trailers, StreamReset: self._on_reset,
@@ -180,27 +178,12 @@ class _H2Connection:
         })
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self._writer = gevent.spawn(self._write_loop)
+        self._writer = BatchWriter(self.conn, h2.data_to_send, self.close)
         self.wake_writer()
 
     def wake_writer(self) -> None:
-        self._want_write.set()
-
-    def _write_loop(self) -> None:
-        h2, conn, want = self.h2, self.conn, self._want_write
-        try:
-            while True:
-                want.wait()
-                want.clear()
-                while data := h2.data_to_send():  # more may queue while a write blocks
-                    conn.write(data)
-                if self._close_when_flushed:
-                    self.close(self._close_when_flushed)
-                    return
-                if self.closed:
-                    return
-        except ConnError:
-            self.close("write failed")
+        if self._writer is not None:
+            self._writer.wake()
 
     def read_loop(self, idle_timeout: float | None) -> None:
         """Reads until the peer goes; dispatches every event of a read before the next read."""
@@ -281,8 +264,8 @@ class _H2Connection:
 
     def close_after_flush(self, reason: str) -> None:
         """Closes once the writer has sent everything queued (the last responses, a GOAWAY)."""
-        self._close_when_flushed = reason
-        self.wake_writer()
+        if self._writer is not None:
+            self._writer.close_after_flush(reason)
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -292,7 +275,7 @@ class _H2Connection:
             if s.reset_code is None:
                 s.fail(ErrorCodes.CANCEL)
         self.conn.close(reason)
-        self._want_write.set()
+        self.wake_writer()  # so the writer sees the close and ends
 
     # Stream operations, shared by server and client streams.
     def read(self, s: _Stream, timeout: float | None, block: bool):

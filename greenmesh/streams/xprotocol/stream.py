@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import gevent
 import structlog
-from gevent.event import AsyncResult, Event
+from gevent.event import AsyncResult
 from gevent.timeout import Timeout
 
 from greenmesh import model
-from greenmesh.conn import Conn, ConnError
+from greenmesh.conn import BatchWriter, Conn, ConnError
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import (
     Chunk,
@@ -44,50 +44,26 @@ from greenmesh.streams.xprotocol import CodecError, Failure, XCodec, XFrame
 log = structlog.get_logger("greenmesh.xprotocol")
 
 
-class _WriteQueue:
-    """Frames queued by many streams, written by one greenlet: one write per batch."""
+class _WriteQueue(BatchWriter):
+    """Frames queued by many streams, joined and written by one greenlet per batch."""
 
-    __slots__ = ("conn", "_pending", "_wake", "_close_after", "_greenlet", "on_error")
+    __slots__ = ("_pending",)
 
-    def __init__(self, conn: Conn, on_error: Callable[[str], None]):
-        self.conn = conn
-        self.on_error = on_error
+    def __init__(self, conn: Conn, on_close: Callable[[str], None]):
         self._pending: list[bytes] = []
-        self._wake = Event()
-        self._close_after = ""
-        self._greenlet = gevent.spawn(self._run)
+        super().__init__(conn, self._take, on_close)
 
     def send(self, data: bytes) -> None:
         self._pending.append(data)
-        self._wake.set()
+        self.wake()
 
-    def close_after_flush(self, reason: str) -> None:
-        self._close_after = reason
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._greenlet.kill(block=False)
-
-    def join(self, timeout: float) -> None:
-        self._greenlet.join(timeout=timeout)
-        if not self._greenlet.dead:
-            self._greenlet.kill(block=False)
-
-    def _run(self) -> None:
+    def _take(self) -> bytes:
         pending = self._pending
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                while pending:
-                    data = b"".join(pending)
-                    pending.clear()
-                    self.conn.write(data)
-                if self._close_after:
-                    self.on_error(self._close_after)
-                    return
-        except ConnError as e:
-            self.on_error(f"write failed: {e}")
+        if not pending:
+            return b""
+        data = b"".join(pending)
+        pending.clear()
+        return data
 
 
 def _failure(status: int, headers: Headers) -> Failure:
