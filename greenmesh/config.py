@@ -6,6 +6,7 @@ Unknown keys are errors, like Envoy's strict parsing: a typo must not silently b
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import ssl
 from collections.abc import Callable
@@ -216,25 +217,30 @@ def _xds(r: _Reader, v: Any, path: str) -> model.Xds | None:
     return model.Xds(server, node, fetch)
 
 
+def _scalars(r: _Reader, obj: dict, path: str, cls: type, table: tuple) -> dict[str, Any]:
+    """The fields of a table (name, converter): each read with its key path, the model's
+    default when absent; required ones (no default in the model) reported when missing."""
+    d = cls.__dataclass_fields__
+    out = {}
+    for key, convert in table:
+        default = d[key].default
+        out[key] = r.field(obj, path, key, convert,
+                           ... if default is dataclasses.MISSING else default)
+    return out
+
+
+_LISTENER_FIELDS = (
+    ("name", _string), ("address", parse_address), ("route_config", _string),
+    ("protocol", _one_of(LISTENER_PROTOCOLS)), ("max_connections", _positive_int),
+    ("max_request_headers_kb", _positive_int), ("idle_timeout", parse_duration),
+    ("access_log", _boolean))
+
+
 def _listener(r: _Reader, v: Any, path: str) -> model.Listener | None:
-    keys = ("name", "address", "protocol", "route_config", "max_connections",
-            "max_request_headers_kb", "idle_timeout", "access_log", "tls")
-    obj = r.mapping(v, path, keys)
+    obj = r.mapping(v, path, (*(k for k, _ in _LISTENER_FIELDS), "tls"))
     if obj is None:
         return None
-    d = model.Listener.__dataclass_fields__
-    values = dict(
-        name=r.field(obj, path, "name", _string),
-        address=r.field(obj, path, "address", parse_address),
-        route_config=r.field(obj, path, "route_config", _string),
-        protocol=r.field(obj, path, "protocol", _one_of(LISTENER_PROTOCOLS), d["protocol"].default),
-        max_connections=r.field(obj, path, "max_connections", _positive_int,
-                                d["max_connections"].default),
-        max_request_headers_kb=r.field(obj, path, "max_request_headers_kb", _positive_int,
-                                       d["max_request_headers_kb"].default),
-        idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
-        access_log=r.field(obj, path, "access_log", _boolean, True),
-    )
+    values = _scalars(r, obj, path, model.Listener, _LISTENER_FIELDS)
     tls = _optional(r, obj, path, "tls", _tls_server)
     if None in values.values() or tls is ...:
         return None
@@ -631,35 +637,21 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
     return model.Endpoint(address=address, weight=weight, priority=priority)
 
 
+_CLUSTER_FIELDS = (
+    ("name", _string), ("protocol", _one_of(PROTOCOLS)), ("lb_policy", _one_of(LB_POLICIES)),
+    ("connect_timeout", parse_duration), ("max_connections", _positive_int),
+    ("max_pending_requests", _count), ("idle_timeout", parse_duration),
+    ("max_concurrent_streams", _positive_int), ("keepalive_interval", parse_duration),
+    ("max_requests", _positive_int), ("max_retries", _count))
+
+
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
-    keys = ("name", "protocol", "lb_policy", "connect_timeout", "endpoints", "max_connections",
-            "max_pending_requests", "idle_timeout", "tls", "max_concurrent_streams",
-            "keepalive_interval", "outlier_detection", "health_checks", "max_requests",
-            "max_retries")
-    obj = r.mapping(v, path, keys)
+    obj = r.mapping(v, path, (*(k for k, _ in _CLUSTER_FIELDS), "endpoints", "tls",
+                              "outlier_detection", "health_checks"))
     if obj is None:
         return None
-    d = model.Cluster.__dataclass_fields__
     endpoints = [_endpoint(r, e, p) for p, e in r.items(obj, path, "endpoints")]
-    values = dict(
-        name=r.field(obj, path, "name", _string),
-        protocol=r.field(obj, path, "protocol", _one_of(PROTOCOLS), d["protocol"].default),
-        lb_policy=r.field(obj, path, "lb_policy", _one_of(LB_POLICIES), d["lb_policy"].default),
-        connect_timeout=r.field(obj, path, "connect_timeout", parse_duration,
-                                d["connect_timeout"].default),
-        max_connections=r.field(obj, path, "max_connections", _positive_int,
-                                d["max_connections"].default),
-        max_pending_requests=r.field(obj, path, "max_pending_requests", _count,
-                                     d["max_pending_requests"].default),
-        idle_timeout=r.field(obj, path, "idle_timeout", parse_duration, d["idle_timeout"].default),
-        max_concurrent_streams=r.field(obj, path, "max_concurrent_streams", _positive_int,
-                                       d["max_concurrent_streams"].default),
-        keepalive_interval=r.field(obj, path, "keepalive_interval", parse_duration,
-                                   d["keepalive_interval"].default),
-        max_requests=r.field(obj, path, "max_requests", _positive_int,
-                             d["max_requests"].default),
-        max_retries=r.field(obj, path, "max_retries", _count, d["max_retries"].default),
-    )
+    values = _scalars(r, obj, path, model.Cluster, _CLUSTER_FIELDS)
     tls = _optional(r, obj, path, "tls", _tls_client)
     outlier = _optional(r, obj, path, "outlier_detection", _outlier)
     checks = [_health_check(r, h, p) for p, h in r.items(obj, path, "health_checks")]

@@ -7,7 +7,6 @@ exceptions, so codecs and the proxy never see ``OSError`` variety.
 from __future__ import annotations
 
 import socket as _stdsocket
-import time
 from collections.abc import Callable
 
 import gevent
@@ -29,7 +28,7 @@ class Conn:
     """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "created", "busy", "on_drain", "tls")
+                 "_pending", "_timeout", "busy", "on_drain", "tls")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -40,7 +39,6 @@ class Conn:
         self.close_reason = ""
         self._pending = b""
         self._timeout = timeout
-        self.created = time.monotonic()
         # Set by a server codec while a request is in progress: a draining listener closes
         # only connections that are not busy and lets the others finish.
         self.busy = False
@@ -105,20 +103,6 @@ class Conn:
             raise ConnError(f"read failed: {e.strerror or e}") from None
         self.bytes_in += len(data)
         return data
-
-    def read_exactly(self, n: int, timeout: float | None = -1.0) -> bytes:
-        """Returns exactly n bytes, or raises ConnError if the peer closes first."""
-        parts = []
-        while n > 0:
-            data = self.read(timeout)
-            if not data:
-                raise ConnError("peer closed before the expected bytes arrived")
-            if len(data) > n:
-                self.unread(data[n:])
-                data = data[:n]
-            parts.append(data)
-            n -= len(data)
-        return b"".join(parts)
 
     def unread(self, data: bytes) -> None:
         """Puts bytes back to be returned by the next read (protocol sniffing hands them on)."""

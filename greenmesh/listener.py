@@ -103,10 +103,6 @@ class Listener:
                          first_bytes=data[:16].hex())
                 return None
 
-    @property
-    def active_connections(self) -> int:
-        return len(self._conns)
-
     def close_listening(self) -> None:
         """Stops accepting (the port is free at once); connections are left alone."""
         if self._server is not None and not self._server.closed:

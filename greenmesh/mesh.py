@@ -43,9 +43,6 @@ class Mesh:
     def from_file(cls, path: str, **kwargs) -> Mesh:
         return cls(config_loader.load_file(path), **kwargs)
 
-    def route_table(self, name: str) -> RouteTable | None:
-        return self._routes.get(name)
-
     def start(self) -> Mesh:
         """Binds every listener and admin; returns once they accept connections."""
         cfg = self.config

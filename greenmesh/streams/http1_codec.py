@@ -180,11 +180,6 @@ class _Parser:
             return True
         return False
 
-    @property
-    def mid_message(self) -> bool:
-        return self._head is not None
-
-
 def request_parser(max_header_bytes: int) -> _Parser:
     return _Parser(response=False, max_header_bytes=max_header_bytes)
 
@@ -239,7 +234,3 @@ def encode_last_chunk(trailers: Headers | None) -> bytes:
 def response_has_body(method: bytes, status: int) -> bool:
     return method != b"HEAD" and status >= 200 and status not in _NO_BODY_STATUS
 
-
-def valid_field(value: bytes) -> bool:
-    """A header name or value greenmesh did not parse itself must not smuggle a line break."""
-    return b"\r" not in value and b"\n" not in value and b"\x00" not in value

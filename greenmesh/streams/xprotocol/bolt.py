@@ -93,10 +93,6 @@ def _decode_header_map(raw: bytes, start: int, length: int, request_id: int) -> 
     return out
 
 
-def encode_header_map(headers: Headers) -> bytes:
-    return b"".join(_ID.pack(len(k)) + k + _ID.pack(len(v)) + v for k, v in headers)
-
-
 class BoltCodec(XCodec):
     name = "bolt"
 
