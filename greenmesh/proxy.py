@@ -43,6 +43,7 @@ REPLAY_LIMIT = 64 * 1024
 
 _monotonic = time.monotonic
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_CLASS = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not formatted per request
 
 
 class _Exchange:
@@ -317,7 +318,7 @@ class Proxy:
         status = ex.status
         stats = self._stats
         stats.inc("downstream_rq_total")
-        stats.inc(f"downstream_rq_{status // 100}xx" if status else "downstream_rq_reset")
+        stats.inc(_STATUS_CLASS[status // 100] if 0 < status < 600 else "downstream_rq_reset")
         if self._access_log is not None:
             req = stream.request
             self._access_log.info("access", listener=self.listener, method=req.method.decode(),
@@ -582,7 +583,7 @@ class Proxy:
             return
         stream.send_headers(out, end_stream=False)
 
-        idle = ex.route.route.route.idle_timeout if ex.route is not None else 0.0
+        idle = ex.route.route.route.idle_timeout  # the matched route's action
 
         def read(block: bool):
             if not block:
