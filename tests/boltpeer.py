@@ -8,6 +8,8 @@ import struct
 import threading
 import time
 
+from tests.harness import LoopbackServer
+
 REQ = struct.Struct(">BBHBIBiHHI")  # proto type cmdcode ver2 id codec timeout cls hdr content
 RESP = struct.Struct(">BBHBIBHHHI")  # proto type cmdcode ver2 id codec status cls hdr content
 REQ_CLASS = b"com.alipay.sofa.rpc.core.request.SofaRequest"
@@ -63,30 +65,16 @@ def parse(buf: bytearray) -> list[dict]:
     return frames
 
 
-class BoltServer:
+class BoltServer(LoopbackServer):
     """Echoes ``content`` back as ``echo:`` + content; a content of ``sleep:S:...`` answers
     after S seconds (out of order on purpose). Records what it saw."""
 
     def __init__(self, answer_heartbeats: bool = True):
         self.answer_heartbeats = answer_heartbeats
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
         self.requests: list[int] = []
         self.heartbeats = 0
         self.oneways = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         lock = threading.Lock()
@@ -121,8 +109,6 @@ class BoltServer:
         except OSError:
             pass
 
-    def stop(self) -> None:
-        self.sock.close()
 
 
 class BoltClient:

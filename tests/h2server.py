@@ -11,28 +11,16 @@ import h2.connection
 import h2.events
 import h2.settings
 
+from tests.harness import LoopbackServer
 
-class H2Upstream:
+
+class H2Upstream(LoopbackServer):
     def __init__(self, max_streams: int = 100):
         self.max_streams = max_streams
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen()
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=_Conn(conn, self.max_streams).serve, daemon=True).start()
-
-    def stop(self) -> None:
-        self.sock.close()
+    def _serve(self, conn: socket.socket) -> None:
+        _Conn(conn, self.max_streams).serve()
 
 
 class _Conn:

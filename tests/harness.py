@@ -131,34 +131,44 @@ def mesh_config(endpoints: list[str], *, port: int | None = None, timeout: str =
     }
 
 
-class RawUpstream:
-    """A scripted upstream on a thread: ``script(conn, request_index_on_conn, request_bytes)``
-    answers each request however the test wants, including wrongly."""
+class LoopbackServer:
+    """A test peer on plain threads: accepts on 127.0.0.1 and serves each connection in a
+    thread of its own with ``_serve(conn)``, counting connections."""
 
-    def __init__(self, script):
-        self.script = script
+    def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
         self.connections = 0
-        self.requests: list[bytes] = []
-        self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
     def _accept(self) -> None:
-        while not self._stop:
+        while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+class RawUpstream(LoopbackServer):
+    """A scripted upstream on a thread: ``script(conn, request_index_on_conn, request_bytes)``
+    answers each request however the test wants, including wrongly."""
+
+    def __init__(self, script):
+        self.script = script
+        self.requests: list[bytes] = []
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         buf = b""
@@ -179,10 +189,6 @@ class RawUpstream:
             return
         finally:
             conn.close()
-
-    def stop(self) -> None:
-        self._stop = True
-        self.sock.close()
 
 
 def reset(conn: socket.socket) -> None:
