@@ -151,7 +151,22 @@ class _ServerConnection:
                     self.writer.close_after_flush("drained")
 
 
-class XServerStream(ServerStream):
+class _WholeFrames:
+    """RPC frames arrive and leave whole: there is no separate body or trailers to move."""
+
+    __slots__ = ()
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def send_trailers(self, trailers: Headers) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class XServerStream(_WholeFrames, ServerStream):
     __slots__ = ("sc", "frame", "request", "request_complete", "trailers", "_done")
 
     def __init__(self, sc: _ServerConnection, frame: XFrame):
@@ -187,15 +202,6 @@ class XServerStream(ServerStream):
             data = codec.error_response(frame.request_id, _failure(head.status, head.headers),
                                         frame)
         self.sc.writer.send(data)
-
-    def send_data(self, data: bytes, end_stream: bool) -> None:
-        pass
-
-    def send_trailers(self, trailers: Headers) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
     def reset(self, reason: str) -> None:
         if not self._done:
@@ -298,7 +304,7 @@ class XClientConnection(ClientConnection):
         self.in_flight.clear()
 
 
-class XClientStream(ClientStream):
+class XClientStream(_WholeFrames, ClientStream):
     __slots__ = ("c", "on_finish", "reused", "trailers", "result", "rid", "_finished",
                  "_oneway", "_got")
 
@@ -325,15 +331,6 @@ class XClientStream(ClientStream):
         if not frame.oneway:
             c.in_flight[self.rid] = self
         c.writer.send(c.codec.with_request_id(frame, self.rid))
-
-    def send_data(self, data: bytes, end_stream: bool) -> None:
-        pass
-
-    def send_trailers(self, trailers: Headers) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
     def read_headers(self, timeout: float | None) -> ResponseHead:
         if self._oneway:
