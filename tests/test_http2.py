@@ -225,3 +225,33 @@ def test_h2_protocol_errors_get_goaway_and_spare_other_connections(upstream, sta
     good.pump(lambda: good.done(sid))
     assert good.responses[sid].status == 200
     good.close()
+
+
+def test_oversized_request_headers_get_431_on_their_stream_only(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={"protocol": "http2",
+                                                               "max_request_headers_kb": 4}))
+    c = H2Client(gm.port())
+    first = c.request("GET", "/")
+    c.pump(lambda: c.done(first))
+    assert c.h2.remote_settings.max_header_list_size == 4096  # advertised in SETTINGS
+    big = c.request("GET", "/big", headers=[("x-big", "b" * 5000)])
+    many = c.request("POST", "/many", headers=[(f"x-h{i}", "v") for i in range(120)], end=False)
+    sibling = c.request("GET", "/after")
+    c.pump(lambda: c.done(big, many, sibling))
+    for sid in (big, many):
+        assert c.responses[sid].status == 431
+        assert bytes(c.responses[sid].body) == b"request headers too large\n"
+    assert c.responses[sibling].status == 200 and c.goaway is None
+    # A block past twice the advertised size and hpack's 64 KiB ends the connection only.
+    other = H2Client(gm.port())
+    bomb = c.request("GET", "/bomb", headers=[(f"x-{i}", "z" * 4000) for i in range(20)])
+    c.pump(lambda: c.goaway is not None or c.closed)
+    assert c.goaway is not None and c.goaway.error_code == 0xB  # ENHANCE_YOUR_CALM
+    assert c.responses[bomb].status == 0
+    sid = other.request("GET", "/")
+    other.pump(lambda: other.done(sid))
+    assert other.responses[sid].status == 200
+    c.close()
+    other.close()
+    paths = {e["path"] for e in gm.access()}
+    assert "/big" not in paths and "/after" in paths  # refused before the proxy saw them

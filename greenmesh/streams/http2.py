@@ -62,7 +62,7 @@ from greenmesh.streams.base import (
     Tunnel,
 )
 from greenmesh.streams.base import StreamReset as StreamResetError
-from greenmesh.streams.http_common import clean_request_headers
+from greenmesh.streams.http_common import clean_request_headers, local_reply_headers
 
 log = structlog.get_logger("greenmesh.http2")
 
@@ -72,6 +72,7 @@ MAX_CONCURRENT_STREAMS = 100
 STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 16 << 20
 HEAD, DATA, END = 0, 1, 2
+MAX_HEADERS = 100  # Envoy's max_headers_count, pseudo-headers included
 
 
 def match(data: bytes) -> Match:
@@ -104,6 +105,17 @@ class _GracefulH2Connection(H2Connection):
     def __init__(self, config: H2Configuration):
         super().__init__(config)
         self.state_machine = _GracefulStateMachine()
+        #: What HPACK decodes before giving up on the connection (GOAWAY ENHANCE_YOUR_CALM).
+        self.header_block_cap = self.decoder.max_header_list_size
+
+    def _local_settings_acked(self):
+        # h2 makes our advertised MAX_HEADER_LIST_SIZE the decoder's hard limit, so a block one
+        # byte over it would end the connection and every sibling stream; greenmesh answers
+        # such a request with 431 on its own stream instead (RFC 9113 section 10.5.1) and keeps
+        # the hard limit, twice the advertised size, for peers that ignore it altogether.
+        changes = super()._local_settings_acked()
+        self.decoder.max_header_list_size = self.header_block_cap
+        return changes
 
     def _receive_goaway_frame(self, frame):
         # h2 drops the queued output here; the peer still reads the streams it will finish
@@ -176,13 +188,19 @@ class _H2Connection:
             ConnectionTerminated: self._on_goaway,
         }
 
-    def start(self) -> None:
+    def start(self, max_header_bytes: int | None = None) -> None:
         h2 = self.h2
-        h2.local_settings = type(h2.local_settings)(client=h2.config.client_side, initial_values={
+        settings = {
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
             SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
             SettingCodes.ENABLE_PUSH: 0,
-        })
+        }
+        if max_header_bytes is not None:
+            settings[SettingCodes.MAX_HEADER_LIST_SIZE] = max_header_bytes
+            h2.header_block_cap = max(h2.header_block_cap, 2 * max_header_bytes)
+            h2.decoder.max_header_list_size = h2.header_block_cap
+        h2.local_settings = type(h2.local_settings)(client=h2.config.client_side,
+                                                    initial_values=settings)
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._writer = BatchWriter(self.conn, h2.data_to_send, self.close)
@@ -202,8 +220,8 @@ class _H2Connection:
                     break
                 try:
                     events = h2.receive_data(data)
-                except ProtocolError as e:
-                    self._protocol_error(str(e))
+                except ProtocolError as e:  # h2 picks the code: e.g. ENHANCE_YOUR_CALM for a bomb
+                    self._protocol_error(str(e), e.error_code)
                     break
                 for ev in events:
                     handler = dispatch.get(type(ev))
@@ -215,10 +233,10 @@ class _H2Connection:
         finally:
             self.close("peer gone")
 
-    def _protocol_error(self, reason: str) -> None:
+    def _protocol_error(self, reason: str, code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
         log.info("http2_protocol_error", side=self.side, peer=self.conn.peer, error=reason)
         try:
-            self.h2.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR,
+            self.h2.close_connection(error_code=code,
                                      additional_data=reason[:100].encode())
             self.conn.write(self.h2.data_to_send())
         except (H2Error, ConnError):
@@ -363,6 +381,11 @@ class _H2Connection:
             self.wake_writer()
 
 
+def header_list_size(headers) -> int:
+    """SETTINGS_MAX_HEADER_LIST_SIZE's measure: names and values plus 32 bytes per field."""
+    return sum(len(name) + len(value) for name, value in headers) + 32 * len(headers)
+
+
 def _pseudo_split(headers) -> tuple[dict[bytes, bytes], Headers]:
     pseudo: dict[bytes, bytes] = {}
     regular: Headers = []
@@ -407,6 +430,9 @@ class _ServerConnection(_H2Connection):
 
     def _serve_stream(self, s: _Stream, headers) -> None:
         try:
+            if len(headers) > MAX_HEADERS or header_list_size(headers) > self.opts.max_header_bytes:
+                self._refuse_oversized(s, len(headers))
+                return
             stream = Http2ServerStream(self, s, headers)
         except StreamError as e:
             self.reset_stream(s, ErrorCodes.PROTOCOL_ERROR)
@@ -417,6 +443,20 @@ class _ServerConnection(_H2Connection):
             finally:
                 if not stream.done:
                     self.reset_stream(s, ErrorCodes.INTERNAL_ERROR)
+        finally:
+            self._stream_done(s)
+
+    def _refuse_oversized(self, s: _Stream, count: int) -> None:
+        """431, as HTTP/1.1 gets: the connection and the other streams on it go on."""
+        log.info("bad_request", peer=self.opts.peer, status=431, headers=count,
+                 error="request headers too large")
+        body = b"request headers too large\n"
+        self.send_headers(s, [(b":status", b"431"), *local_reply_headers(body)], False)
+        self.send_data(s, body, True)
+        if not s.remote_ended:  # the response is complete; the request body is not wanted
+            self.reset_stream(s, ErrorCodes.NO_ERROR)
+
+    def _stream_done(self, s: _Stream) -> None:
         self.forget(s)
         self.handlers.discard(gevent.getcurrent())
         if not self.streams:
@@ -439,7 +479,7 @@ class _ServerConnection(_H2Connection):
             self.close_after_flush("drained")
 
     def run(self) -> None:
-        self.start()
+        self.start(self.opts.max_header_bytes)
         try:
             self.read_loop(self.opts.idle_timeout)
         finally:
