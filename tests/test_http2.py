@@ -14,7 +14,7 @@ import pytest
 from greenmesh.testing.nginx import h2c_proxy_server, start_nginx
 from tests.h2client import H2Client
 from tests.h2server import H2Upstream
-from tests.harness import free_port, mesh_config, raw_request, rss_kb, wait_port
+from tests.harness import RawUpstream, free_port, mesh_config, raw_request, rss_kb, wait_port
 
 
 @pytest.fixture
@@ -255,3 +255,50 @@ def test_oversized_request_headers_get_431_on_their_stream_only(upstream, start_
     other.close()
     paths = {e["path"] for e in gm.access()}
     assert "/big" not in paths and "/after" in paths  # refused before the proxy saw them
+
+
+def test_rapid_reset_flood_is_bounded_and_gets_goaway(upstream, start_mesh):
+    """CVE-2023-44487: HEADERS + RST_STREAM pairs must not start upstream work without bound."""
+    def slow(conn, index, head):
+        time.sleep(1)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    up = RawUpstream(slow)
+    gm = start_mesh(mesh_config([up.address], listener={"protocol": "http2"}))
+    c = H2Client(gm.port())
+    head = [(":method", "GET"), (":scheme", "http"), (":authority", "t"), (":path", "/")]
+    try:
+        # Pairs in one burst: streams reset before their turn never reach the upstream.
+        for _ in range(200):
+            sid = c.h2.get_next_available_stream_id()
+            c.h2.send_headers(sid, head, end_stream=True)
+            c.h2.reset_stream(sid)
+        c.sock.sendall(c.h2.data_to_send())
+        time.sleep(0.3)
+        burst_requests = len(up.requests)
+        # Streams reset once their upstream request is out: cancelled at once, and after 250
+        # such premature resets (Envoy's rule) the connection gets GOAWAY and closes.
+        for _ in range(12):
+            sids = []
+            for _ in range(50):
+                sids.append(c.h2.get_next_available_stream_id())
+                c.h2.send_headers(sids[-1], head, end_stream=True)
+            c.sock.sendall(c.h2.data_to_send())
+            time.sleep(0.1)
+            for sid in sids:
+                c.h2.reset_stream(sid)
+            c.sock.sendall(c.h2.data_to_send())
+            time.sleep(0.05)
+        c.pump(lambda: c.goaway is not None or c.closed, timeout=5)
+    except OSError:  # closed under our feet: the GOAWAY may be lost with the reset
+        pass
+    assert burst_requests < 20  # 200 without the check (a pair split across reads may slip)
+    assert len(up.requests) <= 6 * 50  # it stopped after the fifth or sixth round, not 12
+    assert [e for e in gm.logs() if e.get("event") == "http2_premature_resets"]
+    assert c.goaway is None or c.goaway.error_code == 0xB
+    other = H2Client(gm.port())
+    sid = other.request("GET", "/")
+    other.pump(lambda: other.done(sid))
+    assert other.responses[sid].status == 200
+    other.close()
+    c.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from time import monotonic as _monotonic
 
 import gevent
 import structlog
@@ -73,6 +74,9 @@ STREAM_WINDOW = 1 << 20
 CONNECTION_WINDOW = 16 << 20
 HEAD, DATA, END = 0, 1, 2
 MAX_HEADERS = 100  # Envoy's max_headers_count, pseudo-headers included
+# Envoy's premature-reset defaults (overload protection against rapid reset).
+PREMATURE_RESET_SECONDS = 1.0
+PREMATURE_RESET_STREAMS = 500
 
 
 def match(data: bytes) -> Match:
@@ -142,7 +146,7 @@ class _Stream:
     """One stream's end of the connection: frames waiting to be read, and who waits."""
 
     __slots__ = ("id", "inbox", "readable", "writable", "reset_code", "got_frames", "remote_ended",
-                 "on_reset")
+                 "on_reset", "born")
 
     def __init__(self, stream_id: int):
         self.id = stream_id
@@ -227,6 +231,8 @@ class _H2Connection:
                     handler = dispatch.get(type(ev))
                     if handler is not None:
                         handler(ev)
+                    if self.closed:
+                        break
                 self.wake_writer()
         except ConnError:
             pass
@@ -413,23 +419,61 @@ class _ServerConnection(_H2Connection):
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
         self.handlers: set[gevent.Greenlet] = set()
         self.last_stream_id = 0
+        self.opened = 0
+        self.premature_resets = 0
         self._dispatch[RequestReceived] = self._on_request
         conn.on_drain = self.drain
 
     def _on_request(self, ev: RequestReceived) -> None:
-        if self.goaway:  # draining: streams above the GOAWAY's last id are refused
-            self.h2.reset_stream(ev.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+        # Draining: streams above the GOAWAY's last id are refused. And a stream counts against
+        # the concurrency limit until greenmesh has finished serving it, not only until the
+        # peer resets it: otherwise HEADERS + RST_STREAM pairs (CVE-2023-44487, "rapid reset")
+        # start upstream requests without bound while h2 sees no stream open.
+        if self.goaway or len(self.streams) >= MAX_CONCURRENT_STREAMS:
+            try:
+                self.h2.reset_stream(ev.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
+            except H2Error:  # the peer has already reset it
+                pass
             return
         s = _Stream(ev.stream_id)
         s.got_frames = True
+        s.born = _monotonic()
         self.streams[ev.stream_id] = s
         self.last_stream_id = ev.stream_id
+        self.opened += 1
         self.conn.busy = True
         g = gevent.spawn(self._serve_stream, s, ev.headers)
         self.handlers.add(g)
 
+    def _on_reset(self, ev: StreamReset) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is not None and _monotonic() - s.born < PREMATURE_RESET_SECONDS:
+            self.premature_resets += 1
+            self._check_premature_resets()
+        super()._on_reset(ev)
+
+    def _check_premature_resets(self) -> None:
+        """Envoy's rule: GOAWAY once half of the streams (counting at least 500) were reset by
+        the peer within a second of opening; a well-behaved client that cancels now and then
+        never gets there, a rapid-reset flood does after 250 streams."""
+        n, resets = max(self.opened, PREMATURE_RESET_STREAMS), self.premature_resets
+        if resets * 2 < n or self.closed:
+            return
+        log.warning("http2_premature_resets", peer=self.opts.peer, streams=self.opened,
+                    resets=resets)
+        self.goaway = True  # no new streams; GOAWAY goes out, then the connection closes
+        try:
+            self.h2.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM,
+                                     last_stream_id=self.last_stream_id,
+                                     additional_data=b"too many streams reset by the peer")
+        except H2Error:
+            pass
+        self.close_after_flush("premature resets")
+
     def _serve_stream(self, s: _Stream, headers) -> None:
         try:
+            if s.reset_code is not None:  # reset by the peer before its turn came: nothing to do
+                return
             if len(headers) > MAX_HEADERS or header_list_size(headers) > self.opts.max_header_bytes:
                 self._refuse_oversized(s, len(headers))
                 return
@@ -560,7 +604,10 @@ class Http2ServerStream(ServerStream):
         raise DownstreamError("HTTP/2 streams cannot switch protocols")
 
     def on_reset(self, callback: Callable[[], None]) -> None:
-        self.s.on_reset = callback
+        if self.s.reset_code is not None:  # reset before anyone listened
+            callback()
+        else:
+            self.s.on_reset = callback
 
 
 def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
