@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -34,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("ok\n")
         return 0
 
+    # gRPC's C core writes its own log lines (e.g. "Got goaway" at INFO when the control plane
+    # restarts) straight to stderr, outside the structured log: only its errors, unless the
+    # operator asks for more. Set before grpc loads; an embedding application keeps its own.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from gevent import monkey
 
     monkey.patch_all()
