@@ -165,26 +165,46 @@ class Conn:
             pass
 
 
+# Bytes a connection may have queued for its socket before its producers wait (Envoy's default
+# per_connection_buffer_limit_bytes).
+HIGH_WATER = 1 << 20
+
+
 class BatchWriter:
     """One greenlet writes a connection for many producers (multiplexed streams).
 
     Producers queue bytes where ``pull`` finds them and call ``wake()``; the writer sends all
     that is queued in one write per wake-up, so no producer blocks on the socket and the
     frames of many streams share a syscall. It can close the connection once flushed.
+
+    ``wait_writable()`` is the back-pressure: past HIGH_WATER queued bytes (``backlog()``) a
+    producer waits until the writer has flushed, so a peer that does not read holds back the
+    streams and the reader that feed it, not the proxy's memory.
     """
 
-    __slots__ = ("conn", "_pull", "_on_close", "_wake", "_close_after", "_greenlet")
+    __slots__ = ("conn", "_pull", "_backlog", "_on_close", "_wake", "_flushed", "_close_after",
+                 "_greenlet")
 
-    def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None]):
+    def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None],
+                 backlog: Callable[[], int]):
         self.conn = conn
         self._pull = pull
+        self._backlog = backlog
         self._on_close = on_close
         self._wake = gevent.event.Event()
+        self._flushed = gevent.event.Event()
+        self._flushed.set()
         self._close_after = ""
         self._greenlet = gevent.spawn(self._run)
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wait_writable(self) -> None:
+        while self._backlog() > HIGH_WATER and not self.conn.closed and not self._greenlet.dead:
+            self._flushed.clear()
+            self._wake.set()
+            self._flushed.wait()
 
     def close_after_flush(self, reason: str) -> None:
         self._close_after = reason
@@ -199,13 +219,14 @@ class BatchWriter:
             self._greenlet.kill(block=False)
 
     def _run(self) -> None:
-        wake, pull, conn = self._wake, self._pull, self.conn
+        wake, pull, conn, flushed = self._wake, self._pull, self.conn, self._flushed
         try:
             while True:
                 wake.wait()
                 wake.clear()
                 while data := pull():  # more may queue while a write blocks
                     conn.write(data)
+                flushed.set()
                 if self._close_after:
                     self._on_close(self._close_after)
                     return
@@ -213,3 +234,5 @@ class BatchWriter:
                     return
         except ConnError as e:
             self._on_close(f"write failed: {e}")
+        finally:
+            flushed.set()  # nobody waits on a writer that is gone

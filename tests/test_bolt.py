@@ -211,3 +211,28 @@ def test_domains_match_the_target_app(start_mesh):
     c.close()
     app_up.stop()
     other_up.stop()
+
+
+def test_client_that_does_not_read_responses_stops_being_read(start_mesh):
+    up = BoltServer()
+    gm = start_mesh(bolt_config(up.address, cluster={"max_concurrent_streams": 5000}))
+    c = BoltClient(gm.port())
+    content = b"x" * 65536
+    c.sock.setblocking(False)
+    sent, rid = 0, 1
+    frame = b""
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and sent < (256 << 20):
+        if not frame:
+            frame, rid = request(rid, content), rid + 1
+        try:
+            n = c.sock.send(frame)
+            sent, frame = sent + n, frame[n:]
+        except BlockingIOError:
+            time.sleep(0.01)
+    # Echoed responses pile up at about 1 MiB in greenmesh; then it stops reading requests.
+    assert sent < 64 << 20, f"greenmesh kept reading {sent >> 20} MiB of requests"
+    c.sock.setblocking(True)
+    assert len(c.receive(rid // 2, timeout=10)) >= rid // 2  # and serves them once read
+    c.close()
+    up.stop()

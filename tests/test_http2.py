@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 
+import h2.settings
 import pytest
 
 from greenmesh.testing.nginx import h2c_proxy_server, start_nginx
@@ -296,6 +297,56 @@ def test_rapid_reset_flood_is_bounded_and_gets_goaway(upstream, start_mesh):
     assert len(up.requests) <= 6 * 50  # it stopped after the fifth or sixth round, not 12
     assert [e for e in gm.logs() if e.get("event") == "http2_premature_resets"]
     assert c.goaway is None or c.goaway.error_code == 0xB
+    other = H2Client(gm.port())
+    sid = other.request("GET", "/")
+    other.pump(lambda: other.done(sid))
+    assert other.responses[sid].status == 200
+    other.close()
+    c.close()
+
+
+def _rss_growth_while(gm, action) -> int:
+    base = rss_kb(gm.proc.pid)
+    action()
+    return (rss_kb(gm.proc.pid) - base) // 1024
+
+
+def test_peer_that_does_not_read_holds_back_its_streams_not_memory(upstream, start_mesh):
+    """A 2 GiB window and no reading: greenmesh buffers about 1 MiB, not the whole body."""
+    gm = start_mesh(h2_config(upstream.address))
+    c = H2Client(gm.port())
+    c.h2.increment_flow_control_window(2**31 - 1 - c.h2.inbound_flow_control_window)
+    c.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    grew = _rss_growth_while(gm, lambda: (c.request("GET", "/bytes/200000000"), time.sleep(3)))
+    assert grew < 24, f"greenmesh grew by {grew} MiB for a peer that does not read"
+    other = H2Client(gm.port())
+    sid = other.request("GET", "/")
+    other.pump(lambda: other.done(sid))
+    assert other.responses[sid].status == 200
+    other.close()
+    c.close()
+
+
+def test_ping_flood_without_reading_stops_being_read(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address))
+    c = H2Client(gm.port())
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"
+    chunk = ping * 4096
+    sent = [0]
+
+    def flood() -> None:
+        c.sock.setblocking(False)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                sent[0] += c.sock.send(chunk[sent[0] % len(chunk):])
+            except BlockingIOError:
+                time.sleep(0.01)
+
+    grew = _rss_growth_while(gm, flood)
+    assert grew < 8, f"greenmesh grew by {grew} MiB answering PINGs nobody reads"
+    # It stopped reading: the flood went no further than the two sockets' buffers.
+    assert sent[0] < 24 << 20, f"{sent[0] >> 20} MiB of PINGs read"
     other = H2Client(gm.port())
     sid = other.request("GET", "/")
     other.pump(lambda: other.done(sid))

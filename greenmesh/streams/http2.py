@@ -207,7 +207,8 @@ class _H2Connection:
                                                     initial_values=settings)
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self._writer = BatchWriter(self.conn, h2.data_to_send, self.close)
+        self._writer = BatchWriter(self.conn, h2.data_to_send, self.close,
+                                   lambda: len(h2._data_to_send))
         self.wake_writer()
 
     def wake_writer(self) -> None:
@@ -234,6 +235,9 @@ class _H2Connection:
                     if self.closed:
                         break
                 self.wake_writer()
+                # A peer that floods PINGs or SETTINGS but never reads the answers, or does not
+                # read what its streams asked for: no more reading until the writer catches up.
+                self._writer.wait_writable()
         except ConnError:
             pass
         finally:
@@ -353,9 +357,11 @@ class _H2Connection:
                 view = view[n:]
                 if not view:
                     break
+                self._writer.wait_writable()
         except H2Error as e:
             raise self.error(f"{self.side} stream: {e}") from None
         self.wake_writer()
+        self._writer.wait_writable()  # a peer that reads slowly holds back this stream only
 
     def send_headers(self, s: _Stream, headers: Headers, end_stream: bool) -> None:
         if s.reset_code is not None or self.closed:

@@ -47,14 +47,16 @@ log = structlog.get_logger("greenmesh.xprotocol")
 class _WriteQueue(BatchWriter):
     """Frames queued by many streams, joined and written by one greenlet per batch."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_pending", "_pending_bytes")
 
     def __init__(self, conn: Conn, on_close: Callable[[str], None]):
         self._pending: list[bytes] = []
-        super().__init__(conn, self._take, on_close)
+        self._pending_bytes = 0
+        super().__init__(conn, self._take, on_close, lambda: self._pending_bytes)
 
     def send(self, data: bytes) -> None:
         self._pending.append(data)
+        self._pending_bytes += len(data)
         self.wake()
 
     def _take(self) -> bytes:
@@ -63,6 +65,7 @@ class _WriteQueue(BatchWriter):
             return b""
         data = b"".join(pending)
         pending.clear()
+        self._pending_bytes = 0
         return data
 
 
@@ -112,6 +115,7 @@ class _ServerConnection:
                         break
                     self._dispatch(frame)
                 del buf[:offset]
+                self.writer.wait_writable()  # a client not reading its responses: stop reading
         except ConnError:
             pass
         finally:
@@ -331,6 +335,7 @@ class XClientStream(_WholeFrames, ClientStream):
         if not frame.oneway:
             c.in_flight[self.rid] = self
         c.writer.send(c.codec.with_request_id(frame, self.rid))
+        c.writer.wait_writable()  # an upstream that does not read holds this request back
 
     def read_headers(self, timeout: float | None) -> ResponseHead:
         if self._oneway:
