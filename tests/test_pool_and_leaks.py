@@ -155,3 +155,91 @@ def test_connection_limit_spans_the_cluster(start_mesh):
     finally:
         for u in ups:
             u.stop()
+
+
+def _frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def test_http2_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh):
+    """Malformed and hostile HTTP/2, each on its own connection: GOAWAY or RST_STREAM, no leak."""
+    from hpack import Encoder
+
+    cfg = mesh_config([upstream.address], timeout="300ms",
+                      listener={"protocol": "http2", "idle_timeout": "2s"})
+    gm = start_mesh(cfg)
+    port = gm.port()
+    hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0)  # preface + SETTINGS
+
+    def head(path: str, **extra) -> bytes:
+        return Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                                 (":path", path), *extra.items()])
+    HEADERS, END_STREAM, END_HEADERS = 1, 0x1, 0x4
+    abuse = [
+        hello + _frame(HEADERS, END_STREAM, 1, head("/")[:3])  # no END_HEADERS, then a flood
+        + b"".join(_frame(9, 0, 1, b"\x00" * 1000) for _ in range(200)),
+        hello + _frame(HEADERS, END_STREAM | END_HEADERS, 0, head("/")),  # stream 0
+        hello + _frame(HEADERS, END_STREAM | END_HEADERS, 1, b"\xff\xff\xff\xff\xff\xff"),  # HPACK
+        hello + _frame(0, 0, 1, b"x" * 20000),  # over the 16 KiB max frame size
+        hello + _frame(8, 0, 0, b"\x00\x00\x00\x00"),  # WINDOW_UPDATE of 0
+        hello + _frame(HEADERS, END_STREAM | END_HEADERS, 1,
+                       Encoder().encode([(":method", "GET"), (":path", "/"), ("X-Upper", "1")])),
+        hello + _frame(HEADERS, END_STREAM | END_HEADERS, 5, head("/"))
+        + _frame(HEADERS, END_STREAM | END_HEADERS, 3, head("/")),  # ids going backwards
+        hello + _frame(0, END_STREAM, 7, b"data on an idle stream"),
+        hello + b"\x17" * 500,  # garbage after the preface
+        hello + b"\x00\x00",  # half a frame header, then the peer goes
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",  # a broken preface
+        hello + _frame(HEADERS, END_STREAM | END_HEADERS, 1, head("/bytes/10000000")),
+        hello + _frame(HEADERS, END_STREAM | END_HEADERS, 1, head("/delay/2")),
+        hello + _frame(HEADERS, END_HEADERS, 1, head("/echo")) + _frame(0, 0, 1, b"half a body"),
+    ]
+
+    violations = len(abuse) - 5  # the last five are rude, not wrong: they just go away
+
+    def hit(index: int) -> bytes:
+        out = b""
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(abuse[index % len(abuse)])
+            while index % len(abuse) < violations:  # read the answer up to the close
+                try:
+                    chunk = s.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+        return out
+    baseline = fds(gm.proc.pid)
+    with ThreadPoolExecutor(20) as ex:
+        answers = list(ex.map(hit, range(len(abuse) * 4)))
+    for i, answer in enumerate(answers):
+        if i % len(abuse) < violations:  # each got a GOAWAY (type 7) or RST_STREAM (type 3)
+            assert _frame_types(answer) & {3, 7}, (abuse[i % len(abuse)][:60], answer[:80])
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        stats = admin_stats(cfg)
+        if stats["listener.ingress.downstream_cx_total"] == \
+                stats["listener.ingress.downstream_cx_destroy"]:
+            break
+        time.sleep(0.2)
+    assert stats["listener.ingress.downstream_cx_total"] == \
+        stats["listener.ingress.downstream_cx_destroy"], stats
+    time.sleep(0.3)
+    clusters = get(int(cfg["admin"]["address"].rsplit(":", 1)[1]), "/clusters").body.decode()
+    idle = int(clusters.split("::cx_idle::")[1].split()[0])
+    opened = int(clusters.split("::cx_open::")[1].split()[0])
+    assert idle == opened, clusters
+    deadline = time.monotonic() + 2
+    while fds(gm.proc.pid) != baseline + idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fds(gm.proc.pid) == baseline + idle, (fds(gm.proc.pid), baseline, idle)
+
+
+def _frame_types(data: bytes) -> set[int]:
+    """The frame types in what an HTTP/2 server sent (skipping its SETTINGS at the start)."""
+    types, i = set(), 0
+    while i + 9 <= len(data):
+        types.add(data[i + 3])
+        i += 9 + int.from_bytes(data[i:i + 3], "big")
+    return types

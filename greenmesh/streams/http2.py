@@ -41,6 +41,7 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import H2Error, ProtocolError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 
 from greenmesh import model
@@ -103,12 +104,27 @@ class _GracefulStateMachine(H2ConnectionStateMachine):
     }
 
 
+class _EagerFrameBuffer(FrameBuffer):
+    """Refuses an overlong frame on its 9-byte header.
+
+    h2's FrameBuffer checks the length only once the whole body has arrived, so every peer
+    could make it buffer up to 16 MiB (a 24-bit length) before the FRAME_SIZE_ERROR.
+    """
+
+    def __next__(self):
+        data = self._data
+        if len(data) >= 9:
+            self._validate_frame_length(int.from_bytes(data[:3], "big"))
+        return super().__next__()
+
+
 class _GracefulH2Connection(H2Connection):
     """h2 with a graceful GOAWAY (see _GracefulStateMachine); tested against nginx's GOAWAY."""
 
     def __init__(self, config: H2Configuration):
         super().__init__(config)
         self.state_machine = _GracefulStateMachine()
+        self.incoming_buffer = _EagerFrameBuffer(server=not config.client_side)
         #: What HPACK decodes before giving up on the connection (GOAWAY ENHANCE_YOUR_CALM).
         self.header_block_cap = self.decoder.max_header_list_size
 
