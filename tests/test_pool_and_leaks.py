@@ -84,6 +84,31 @@ def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def assert_nothing_left(cfg: dict, gm, baseline: int, pooled_at_baseline: int) -> None:
+    """Every downstream connection destroyed; open fds = the baseline's, plus idle pooled
+    upstream connections (counted by the pool), minus those pooled at the baseline."""
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        stats = admin_stats(cfg)
+        if stats["listener.ingress.downstream_cx_total"] == \
+                stats["listener.ingress.downstream_cx_destroy"]:
+            break
+        time.sleep(0.2)
+    assert stats["listener.ingress.downstream_cx_total"] == \
+        stats["listener.ingress.downstream_cx_destroy"], stats
+    time.sleep(0.3)
+    clusters = get(int(cfg["admin"]["address"].rsplit(":", 1)[1]), "/clusters").body.decode()
+    idle = int(clusters.split("::cx_idle::")[1].split()[0])
+    opened = int(clusters.split("::cx_open::")[1].split()[0])
+    assert idle == opened, clusters
+    # (The admin connection just used may take a moment to close; a leak stays.)
+    expected = baseline - pooled_at_baseline + idle
+    deadline = time.monotonic() + 2
+    while fds(gm.proc.pid) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fds(gm.proc.pid) == expected, (fds(gm.proc.pid), baseline, idle)
+
+
 def test_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh):
     cfg = mesh_config([upstream.address], timeout="300ms", listener={"idle_timeout": "2s"})
     gm = start_mesh(cfg)
@@ -113,27 +138,7 @@ def test_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh):
     with ThreadPoolExecutor(20) as ex:
         list(ex.map(hit, abuse * 5))
     assert get(port).status == 200  # still serving
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        stats = admin_stats(cfg)
-        if stats["listener.ingress.downstream_cx_total"] == \
-                stats["listener.ingress.downstream_cx_destroy"]:
-            break
-        time.sleep(0.2)
-    assert stats["listener.ingress.downstream_cx_total"] == \
-        stats["listener.ingress.downstream_cx_destroy"], stats
-    # What is still open upstream is pooled idle connections, counted by the pool.
-    time.sleep(0.3)
-    clusters = get(int(cfg["admin"]["address"].rsplit(":", 1)[1]), "/clusters").body.decode()
-    idle = int(clusters.split("::cx_idle::")[1].split()[0])
-    opened = int(clusters.split("::cx_open::")[1].split()[0])
-    assert idle == opened, clusters
-    # The baseline held one pooled connection; the pool now holds ``idle``, and nothing else.
-    # (The admin connection this test just used may take a moment to close; a leak stays.)
-    deadline = time.monotonic() + 2
-    while fds(gm.proc.pid) != baseline - 1 + idle and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert fds(gm.proc.pid) == baseline - 1 + idle, (fds(gm.proc.pid), baseline, idle)
+    assert_nothing_left(cfg, gm, baseline, pooled_at_baseline=1)
     raw_request(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 
 
@@ -216,24 +221,7 @@ def test_http2_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh)
     for i, answer in enumerate(answers):
         if i % len(abuse) < violations:  # each got a GOAWAY (type 7) or RST_STREAM (type 3)
             assert _frame_types(answer) & {3, 7}, (abuse[i % len(abuse)][:60], answer[:80])
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
-        stats = admin_stats(cfg)
-        if stats["listener.ingress.downstream_cx_total"] == \
-                stats["listener.ingress.downstream_cx_destroy"]:
-            break
-        time.sleep(0.2)
-    assert stats["listener.ingress.downstream_cx_total"] == \
-        stats["listener.ingress.downstream_cx_destroy"], stats
-    time.sleep(0.3)
-    clusters = get(int(cfg["admin"]["address"].rsplit(":", 1)[1]), "/clusters").body.decode()
-    idle = int(clusters.split("::cx_idle::")[1].split()[0])
-    opened = int(clusters.split("::cx_open::")[1].split()[0])
-    assert idle == opened, clusters
-    deadline = time.monotonic() + 2
-    while fds(gm.proc.pid) != baseline + idle and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert fds(gm.proc.pid) == baseline + idle, (fds(gm.proc.pid), baseline, idle)
+    assert_nothing_left(cfg, gm, baseline, pooled_at_baseline=0)
 
 
 def _frame_types(data: bytes) -> set[int]:
