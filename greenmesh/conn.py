@@ -168,6 +168,9 @@ class Conn:
 # Bytes a connection may have queued for its socket before its producers wait (Envoy's default
 # per_connection_buffer_limit_bytes).
 HIGH_WATER = 1 << 20
+# How long a writer may take to flush that much before the peer counts as gone (Envoy's
+# stream_idle_timeout default).
+STALL_TIMEOUT = 300.0
 
 
 class BatchWriter:
@@ -179,17 +182,19 @@ class BatchWriter:
 
     ``wait_writable()`` is the back-pressure: past HIGH_WATER queued bytes (``backlog()``) a
     producer waits until the writer has flushed, so a peer that does not read holds back the
-    streams and the reader that feed it, not the proxy's memory.
+    streams and the reader that feed it, not the proxy's memory. A peer that takes longer than
+    ``stall_timeout`` to take that much loses the connection (Envoy: the stream idle timeout).
     """
 
-    __slots__ = ("conn", "_pull", "_backlog", "_on_close", "_wake", "_flushed", "_close_after",
-                 "_greenlet")
+    __slots__ = ("conn", "_pull", "_backlog", "_stall_timeout", "_on_close", "_wake", "_flushed",
+                 "_close_after", "_greenlet")
 
     def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None],
-                 backlog: Callable[[], int]):
+                 backlog: Callable[[], int], stall_timeout: float | None = STALL_TIMEOUT):
         self.conn = conn
         self._pull = pull
         self._backlog = backlog
+        self._stall_timeout = stall_timeout
         self._on_close = on_close
         self._wake = gevent.event.Event()
         self._flushed = gevent.event.Event()
@@ -204,7 +209,8 @@ class BatchWriter:
         while self._backlog() > HIGH_WATER and not self.conn.closed and not self._greenlet.dead:
             self._flushed.clear()
             self._wake.set()
-            self._flushed.wait()
+            if not self._flushed.wait(self._stall_timeout):
+                self._on_close(f"peer took nothing for {self._stall_timeout:g}s")
 
     def close_after_flush(self, reason: str) -> None:
         self._close_after = reason

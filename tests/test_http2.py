@@ -328,6 +328,22 @@ def test_peer_that_does_not_read_holds_back_its_streams_not_memory(upstream, sta
     c.close()
 
 
+def test_peer_that_reads_nothing_for_the_idle_timeout_loses_the_connection(upstream,
+                                                                           start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={"protocol": "http2",
+                                                               "idle_timeout": "1s"}))
+    c = H2Client(gm.port())
+    c.h2.increment_flow_control_window(2**31 - 1 - c.h2.inbound_flow_control_window)
+    c.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.request("GET", "/bytes/200000000")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not gm.access():
+        time.sleep(0.1)
+    (entry,) = gm.access()
+    assert entry["flags"] == "DC" and entry["duration_ms"] < 5000, entry
+    c.close()
+
+
 def test_ping_flood_without_reading_stops_being_read(upstream, start_mesh):
     gm = start_mesh(h2_config(upstream.address))
     c = H2Client(gm.port())

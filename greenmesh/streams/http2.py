@@ -45,7 +45,7 @@ from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 
 from greenmesh import model
-from greenmesh.conn import BatchWriter, Conn, ConnError
+from greenmesh.conn import STALL_TIMEOUT, BatchWriter, Conn, ConnError
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -208,7 +208,8 @@ class _H2Connection:
             ConnectionTerminated: self._on_goaway,
         }
 
-    def start(self, max_header_bytes: int | None = None) -> None:
+    def start(self, max_header_bytes: int | None = None,
+              stall_timeout: float | None = STALL_TIMEOUT) -> None:
         h2 = self.h2
         settings = {
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
@@ -224,7 +225,7 @@ class _H2Connection:
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._writer = BatchWriter(self.conn, h2.data_to_send, self.close,
-                                   lambda: len(h2._data_to_send))
+                                   lambda: len(h2._data_to_send), stall_timeout)
         self.wake_writer()
 
     def wake_writer(self) -> None:
@@ -545,7 +546,7 @@ class _ServerConnection(_H2Connection):
             self.close_after_flush("drained")
 
     def run(self) -> None:
-        self.start(self.opts.max_header_bytes)
+        self.start(self.opts.max_header_bytes, self.opts.idle_timeout)
         try:
             self.read_loop(self.opts.idle_timeout)
         finally:

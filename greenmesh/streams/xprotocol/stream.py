@@ -21,7 +21,7 @@ from gevent.event import AsyncResult
 from gevent.timeout import Timeout
 
 from greenmesh import model
-from greenmesh.conn import BatchWriter, Conn, ConnError
+from greenmesh.conn import STALL_TIMEOUT, BatchWriter, Conn, ConnError
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import (
     Chunk,
@@ -49,10 +49,11 @@ class _WriteQueue(BatchWriter):
 
     __slots__ = ("_pending", "_pending_bytes")
 
-    def __init__(self, conn: Conn, on_close: Callable[[str], None]):
+    def __init__(self, conn: Conn, on_close: Callable[[str], None],
+                 stall_timeout: float | None = STALL_TIMEOUT):
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        super().__init__(conn, self._take, on_close, lambda: self._pending_bytes)
+        super().__init__(conn, self._take, on_close, lambda: self._pending_bytes, stall_timeout)
 
     def send(self, data: bytes) -> None:
         self._pending.append(data)
@@ -88,7 +89,7 @@ class _ServerConnection:
         self.conn = conn
         self.opts = opts
         self.handler = handler
-        self.writer = _WriteQueue(conn, self.close)
+        self.writer = _WriteQueue(conn, self.close, opts.idle_timeout)
         self.handlers: set[gevent.Greenlet] = set()
         self.active = 0
 
