@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import http2_floor
 from common import (
     free_port,
     greenmesh,
@@ -94,6 +95,13 @@ def main() -> None:
                 f"1 s warm-up, median of {args.rounds} interleaved rounds", med,
                 [("greenmesh h2c->h2c", "haproxy h2c->h2c"),
                  ("greenmesh h2c->http1", "haproxy h2c->h2c")])
+    # The ceiling of any proxy on h2 (bench/http2_floor.py), to read the ratios against.
+    floor_us = http2_floor.measure(30_000)
+    line = f"\nh2 alone (no sockets, no proxy): {floor_us:.1f} us per h2c -> h2c request, " \
+           f"at most {1e6 / floor_us:,.0f} req/s"
+    if "greenmesh h2c->h2c" in med:
+        line += f"; greenmesh h2c->h2c reaches {med['greenmesh h2c->h2c']['rps'] * floor_us / 1e4:.0f}%"
+    print(line)
 
 
 if __name__ == "__main__":
