@@ -41,11 +41,10 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import H2Error, ProtocolError
-from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 
 from greenmesh import model
-from greenmesh.conn import STALL_TIMEOUT, BatchWriter, Conn, ConnError
+from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -104,29 +103,27 @@ class _GracefulStateMachine(H2ConnectionStateMachine):
     }
 
 
-class _EagerFrameBuffer(FrameBuffer):
-    """Refuses an overlong frame on its 9-byte header.
-
-    h2's FrameBuffer checks the length only once the whole body has arrived, so every peer
-    could make it buffer up to 16 MiB (a 24-bit length) before the FRAME_SIZE_ERROR.
-    """
-
-    def __next__(self):
-        data = self._data
-        if len(data) >= 9:
-            self._validate_frame_length(int.from_bytes(data[:3], "big"))
-        return super().__next__()
-
-
 class _GracefulH2Connection(H2Connection):
     """h2 with a graceful GOAWAY (see _GracefulStateMachine); tested against nginx's GOAWAY."""
 
     def __init__(self, config: H2Configuration):
         super().__init__(config)
         self.state_machine = _GracefulStateMachine()
-        self.incoming_buffer = _EagerFrameBuffer(server=not config.client_side)
         #: What HPACK decodes before giving up on the connection (GOAWAY ENHANCE_YOUR_CALM).
         self.header_block_cap = self.decoder.max_header_list_size
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the socket."""
+        return len(self._data_to_send)
+
+    def overlong_frame_pending(self) -> bool:
+        """Whether the incomplete frame left after receive_data announces more than the
+        allowed frame size. h2 checks a frame's length only once its whole body has arrived, so
+        a peer could make it buffer 16 MiB (a 24-bit length) before the FRAME_SIZE_ERROR."""
+        pending = self.incoming_buffer._data
+        return len(pending) >= 9 and \
+            int.from_bytes(pending[:3], "big") > self.max_inbound_frame_size
 
     def _local_settings_acked(self):
         # h2 makes our advertised MAX_HEADER_LIST_SIZE the decoder's hard limit, so a block one
@@ -146,7 +143,7 @@ class _GracefulH2Connection(H2Connection):
         return frames, events
 
 
-def new_h2(client_side: bool) -> H2Connection:
+def new_h2(client_side: bool) -> _GracefulH2Connection:
     """An h2 state machine as greenmesh configures it (also what bench/http2_floor.py measures).
 
     What arrives is validated (peers are untrusted). What leaves was parsed and validated on its
@@ -225,7 +222,7 @@ class _H2Connection:
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self._writer = BatchWriter(self.conn, h2.data_to_send, self.close,
-                                   lambda: len(h2._data_to_send), stall_timeout)
+                                   lambda: h2.backlog, stall_timeout)
         self.wake_writer()
 
     def wake_writer(self) -> None:
@@ -245,6 +242,10 @@ class _H2Connection:
                 except ProtocolError as e:  # h2 picks the code: e.g. ENHANCE_YOUR_CALM for a bomb
                     self._protocol_error(str(e), e.error_code)
                     break
+                if h2.overlong_frame_pending():
+                    self._protocol_error("frame over the maximum frame size",
+                                         ErrorCodes.FRAME_SIZE_ERROR)
+                    break
                 for ev in events:
                     handler = dispatch.get(type(ev))
                     if handler is not None:
@@ -254,7 +255,8 @@ class _H2Connection:
                 self.wake_writer()
                 # A peer that floods PINGs or SETTINGS but never reads the answers, or does not
                 # read what its streams asked for: no more reading until the writer catches up.
-                self._writer.wait_writable()
+                if h2.backlog > HIGH_WATER:
+                    self._writer.wait_writable()
         except ConnError:
             pass
         finally:
@@ -374,11 +376,13 @@ class _H2Connection:
                 view = view[n:]
                 if not view:
                     break
-                self._writer.wait_writable()
+                if h2.backlog > HIGH_WATER:
+                    self._writer.wait_writable()
         except H2Error as e:
             raise self.error(f"{self.side} stream: {e}") from None
         self.wake_writer()
-        self._writer.wait_writable()  # a peer that reads slowly holds back this stream only
+        if h2.backlog > HIGH_WATER:  # a peer that reads slowly holds back this stream only
+            self._writer.wait_writable()
 
     def send_headers(self, s: _Stream, headers: Headers, end_stream: bool) -> None:
         if s.reset_code is not None or self.closed:
