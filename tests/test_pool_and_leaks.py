@@ -101,12 +101,13 @@ def assert_nothing_left(cfg: dict, gm, baseline: int, pooled_at_baseline: int) -
     idle = int(clusters.split("::cx_idle::")[1].split()[0])
     opened = int(clusters.split("::cx_open::")[1].split()[0])
     assert idle == opened, clusters
-    # (The admin connection just used may take a moment to close; a leak stays.)
+    # (The admin connection just used may take a moment to close, and so may a probe that was
+    # open at the baseline; a leak stays.)
     expected = baseline - pooled_at_baseline + idle
     deadline = time.monotonic() + 2
-    while fds(gm.proc.pid) != expected and time.monotonic() < deadline:
+    while fds(gm.proc.pid) > expected and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert fds(gm.proc.pid) == expected, (fds(gm.proc.pid), baseline, idle)
+    assert fds(gm.proc.pid) <= expected, (fds(gm.proc.pid), baseline, idle)
 
 
 def test_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh):
@@ -215,6 +216,7 @@ def test_http2_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh)
                     break
                 out += chunk
         return out
+    time.sleep(0.5)  # the start-up probe's connection closes
     baseline = fds(gm.proc.pid)
     with ThreadPoolExecutor(20) as ex:
         answers = list(ex.map(hit, range(len(abuse) * 4)))
