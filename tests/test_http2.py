@@ -344,6 +344,24 @@ def test_peer_that_reads_nothing_for_the_idle_timeout_loses_the_connection(upstr
     c.close()
 
 
+def test_protocol_error_from_a_peer_that_does_not_read(upstream, start_mesh):
+    """The writer is stuck in a write to this peer: the GOAWAY must not become a second one."""
+    gm = start_mesh(h2_config(upstream.address))
+    c = H2Client(gm.port())
+    c.h2.increment_flow_control_window(2**31 - 1 - c.h2.inbound_flow_control_window)
+    c.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    c.request("GET", "/bytes/50000000")
+    time.sleep(1)  # greenmesh's socket buffer and 1 MiB queue are full by now
+    c.sock.sendall(b"\x00\x00\x03\x00\x00\x00\x00\x00\x00abc")  # DATA on stream 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not gm.access():
+        time.sleep(0.1)
+    assert [e for e in gm.logs() if e.get("event") == "http2_protocol_error"]
+    assert gm.access()[0]["flags"] == "DC"  # the download ended with the connection
+    c.close()
+    assert_serves(gm)
+
+
 def test_ping_flood_without_reading_stops_being_read(upstream, start_mesh):
     gm = start_mesh(h2_config(upstream.address))
     c = H2Client(gm.port())

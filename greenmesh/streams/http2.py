@@ -77,6 +77,8 @@ MAX_HEADERS = 100  # Envoy's max_headers_count, pseudo-headers included
 # Envoy's premature-reset defaults (overload protection against rapid reset).
 PREMATURE_RESET_SECONDS = 1.0
 PREMATURE_RESET_STREAMS = 500
+GOAWAY_FLUSH_SECONDS = 1.0
+HANDLERS_GRACE_SECONDS = 1.0
 
 
 def match(data: bytes) -> Match:
@@ -265,11 +267,13 @@ class _H2Connection:
     def _protocol_error(self, reason: str, code: int = ErrorCodes.PROTOCOL_ERROR) -> None:
         log.info("http2_protocol_error", side=self.side, peer=self.conn.peer, error=reason)
         try:
-            self.h2.close_connection(error_code=code,
-                                     additional_data=reason[:100].encode())
-            self.conn.write(self.h2.data_to_send())
-        except (H2Error, ConnError):
+            self.h2.close_connection(error_code=code, additional_data=reason[:100].encode())
+        except H2Error:
             pass
+        # The writer sends the GOAWAY after what is queued, then closes; a peer that does not
+        # read gets a second to take it (nobody else may write the socket meanwhile).
+        self.close_after_flush(reason)
+        self._writer.join(GOAWAY_FLUSH_SECONDS)
 
     def _on_data(self, ev: DataReceived) -> None:
         s = self.streams.get(ev.stream_id)
@@ -555,6 +559,10 @@ class _ServerConnection(_H2Connection):
             self.read_loop(self.opts.idle_timeout)
         finally:
             self.close("done")
+            # Every stream has been failed (its upstream request cancelled): let them end as
+            # they do, with their access log lines, before killing what is left.
+            if self.handlers:
+                gevent.joinall(list(self.handlers), timeout=HANDLERS_GRACE_SECONDS)
             gevent.killall(list(self.handlers), block=False)
 
 
