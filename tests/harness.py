@@ -96,8 +96,15 @@ class Greenmesh:
                 out.append({"event": "unparsed", "line": line})
         return out
 
-    def access(self) -> list[dict]:
-        return [e for e in self.logs() if e.get("event") == "access"]
+    def access(self, at_least: int = 1, timeout: float = 5.0) -> list[dict]:
+        """The access-log entries, once there are ``at_least`` of them (or the timeout is up):
+        a line is written after its response has gone, so it may land a moment later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = [e for e in self.logs() if e.get("event") == "access"]
+            if len(entries) >= at_least or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.02)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
