@@ -6,4 +6,5 @@ upstream=$!
 trap 'kill $upstream 2>/dev/null' EXIT
 echo "greenmesh: listening on 127.0.0.1:15001 (admin 127.0.0.1:15000). Try:"
 echo "    curl -i http://127.0.0.1:15001/"
+echo "    curl -i --http2-prior-knowledge http://127.0.0.1:15001/"
 .venv/bin/greenmesh --config "${CONFIG:-etc/mesh.yaml}" "$@"

@@ -375,3 +375,25 @@ def test_ping_flood_without_reading_stops_being_read(upstream, start_mesh):
     assert sent[0] < 24 << 20, f"{sent[0] >> 20} MiB of PINGs read"
     assert_serves(gm)
     c.close()
+
+
+def test_default_config_serves_http1_and_h2c(upstream, start_mesh):
+    import yaml
+
+    from tests.harness import ROOT
+    cfg = yaml.safe_load((ROOT / "etc" / "mesh.yaml").read_text())
+    cfg["admin"]["address"] = f"127.0.0.1:{free_port()}"
+    cfg["listeners"][0]["address"] = f"127.0.0.1:{free_port()}"
+    cfg["clusters"][0]["endpoints"] = [{"address": upstream.address}]
+    gm = start_mesh(cfg)
+    for flag in ("--http1.1", "--http2-prior-knowledge"):
+        r = curl("-i", flag, gm.url + "/")
+        assert r.stdout.startswith((b"HTTP/1.1 200", b"HTTP/2 200")), (flag, r.stdout[:80])
+
+
+def test_h2c_on_an_http1_listener_is_told_so(upstream, start_mesh):
+    gm = start_mesh(h2_config(upstream.address, listener="http1"))
+    out = raw_request(gm.port(), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400")
+    (bad,) = [e for e in gm.logs() if e.get("event") == "bad_request"]
+    assert "HTTP/2 on an HTTP/1.1 listener" in bad["error"]

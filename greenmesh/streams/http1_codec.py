@@ -168,6 +168,9 @@ class _Parser:
                 raise ParseError(self._too_large, 431) from None
             raise ParseError(str(e.__context__ or e)) from None
         except httptools.HttpParserError as e:
+            if str(e) == "Pause on PRI/Upgrade":  # llhttp stops at the HTTP/2 connection preface
+                raise ParseError("HTTP/2 on an HTTP/1.1 listener (protocol: http2 or auto serves"
+                                 " it)") from None
             raise ParseError(str(e).replace("HPE_", "")) from None
 
     def feed_eof(self) -> bool:
