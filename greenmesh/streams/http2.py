@@ -172,6 +172,7 @@ class _Stream:
         self.reset_code: int | None = None
         self.got_frames = False
         self.remote_ended = False
+        self.born = 0.0  # server streams: when the request arrived (premature-reset accounting)
 
     def push(self, item: tuple) -> None:
         self.inbox.append(item)
