@@ -602,9 +602,11 @@ class Proxy:
         try:
             relay.run(block=True)
         except (StreamReset, StreamTimeout) as e:
-            # Too late for a status: the client sees the response cut short.
-            ex.flags = "UT" if isinstance(e, StreamTimeout) else "UC"
-            ex.error = str(e)
+            if ex.downstream_error:  # the client went first; cancelling upstream made this
+                ex.flags, ex.error = "DC", str(ex.downstream_error)
+            else:  # too late for a status: the client sees the response cut short
+                ex.flags = "UT" if isinstance(e, StreamTimeout) else "UC"
+                ex.error = str(e)
             stream.reset(ex.flags)
             cs.reset(ex.flags)
 
