@@ -419,7 +419,7 @@ class _H2Connection:
             self.wake_writer()
 
 
-def header_list_size(headers) -> int:
+def header_list_size(headers: Headers) -> int:
     """SETTINGS_MAX_HEADER_LIST_SIZE's measure: names and values plus 32 bytes per field."""
     return sum(len(name) + len(value) for name, value in headers) + 32 * len(headers)
 
