@@ -185,9 +185,14 @@ class ServerStream(ABC):
 class ClientStream(ABC):
     """One upstream request, opened from a pool; ``finish()`` hands the connection back."""
 
-    #: True when the stream runs on a connection that carried earlier requests.
-    reused: bool
-    trailers: Headers | None = None
+    __slots__ = ("on_finish", "reused", "trailers", "_finished")
+
+    def __init__(self, on_finish: Callable[[ClientConnection, bool], None], reused: bool):
+        self.on_finish = on_finish
+        #: True when the stream runs on a connection that carried earlier requests.
+        self.reused = reused
+        self.trailers: Headers | None = None
+        self._finished = False
 
     @abstractmethod
     def send_headers(self, head: RequestHead, end_stream: bool) -> None:
@@ -217,8 +222,17 @@ class ClientStream(ABC):
     @abstractmethod
     def reset(self, reason: str) -> None: ...
 
+    def finish(self) -> None:
+        """Hands the connection back to its pool, once, whatever happened before."""
+        if self._finished:
+            return
+        self._finished = True
+        self.on_finish(*self._release())
+
     @abstractmethod
-    def finish(self) -> None: ...
+    def _release(self) -> tuple[ClientConnection, bool]:
+        """Ends this stream's use of its connection: the connection, and whether it may carry
+        another request."""
 
     @abstractmethod
     def upgrade(self) -> Tunnel: ...

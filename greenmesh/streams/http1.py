@@ -327,21 +327,18 @@ class Http1ClientConnection(ClientConnection):
 
 
 class Http1ClientStream(ClientStream):
-    __slots__ = ("cc", "conn", "parser", "events", "on_finish", "reused", "trailers", "_w",
-                 "_got_bytes", "_body_done", "_finished", "_sent", "_keep_alive", "_eof")
+    __slots__ = ("cc", "conn", "parser", "events", "_w", "_got_bytes", "_body_done", "_sent",
+                 "_keep_alive", "_eof")
 
     def __init__(self, cc: Http1ClientConnection, on_finish, reused: bool):
+        super().__init__(on_finish, reused)
         self.cc = cc
         self.conn = cc.conn
         self.parser = cc.parser
         self.events = cc.parser.events
-        self.on_finish = on_finish
-        self.reused = reused
-        self.trailers = None
         self._w = cc.writer
         self._got_bytes = False
         self._body_done = False
-        self._finished = False
         self._sent = False
         self._keep_alive = False
         self._eof = False
@@ -431,17 +428,14 @@ class Http1ClientStream(ClientStream):
         self.conn.close(reason)
         self.finish()
 
-    def finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
+    def _release(self) -> tuple[ClientConnection, bool]:
         parser = self.parser
         reusable = (self._sent and self._body_done and self._keep_alive and not self._eof
                     and parser.clean_stop and parser.upgrade_data is None and not self.events
                     and not self.conn.closed)
         parser.head_request = False
         self.cc.active_streams = 0
-        self.on_finish(self.cc, reusable)
+        return self.cc, reusable
 
     def upgrade(self) -> Tunnel:
         parser = self.parser

@@ -685,15 +685,12 @@ class Http2ClientConnection(_H2Connection, ClientConnection):
 
 
 class Http2ClientStream(ClientStream):
-    __slots__ = ("c", "s", "on_finish", "reused", "trailers", "_finished", "_body_done")
+    __slots__ = ("c", "s", "_body_done")
 
     def __init__(self, c: Http2ClientConnection, on_finish, reused: bool):
+        super().__init__(on_finish, reused)
         self.c = c
         self.s: _Stream | None = None
-        self.on_finish = on_finish
-        self.reused = reused
-        self.trailers = None
-        self._finished = False
         self._body_done = False
 
     def send_headers(self, head: RequestHead, end_stream: bool) -> None:
@@ -757,17 +754,14 @@ class Http2ClientStream(ClientStream):
             self.c.reset_stream(self.s)
         self.finish()
 
-    def finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
+    def _release(self) -> tuple[ClientConnection, bool]:
         c = self.c
         if self.s is not None:
             if not (self._body_done and self.s.remote_ended):
                 c.reset_stream(self.s)
             c.forget(self.s)
         c.active_streams -= 1
-        self.on_finish(c, c.usable)
+        return c, c.usable
 
     def upgrade(self) -> Tunnel:
         raise StreamError("cannot switch protocols over HTTP/2")

@@ -310,17 +310,13 @@ class XClientConnection(ClientConnection):
 
 
 class XClientStream(_WholeFrames, ClientStream):
-    __slots__ = ("c", "on_finish", "reused", "trailers", "result", "rid", "_finished",
-                 "_oneway", "_got")
+    __slots__ = ("c", "result", "rid", "_oneway", "_got")
 
     def __init__(self, c: XClientConnection, on_finish, reused: bool):
+        super().__init__(on_finish, reused)
         self.c = c
-        self.on_finish = on_finish
-        self.reused = reused
-        self.trailers = None
         self.result: AsyncResult = AsyncResult()
         self.rid = 0
-        self._finished = False
         self._oneway = False
         self._got = False
 
@@ -360,14 +356,11 @@ class XClientStream(_WholeFrames, ClientStream):
     def reset(self, reason: str) -> None:
         self.finish()
 
-    def finish(self) -> None:
-        if self._finished:
-            return
-        self._finished = True
+    def _release(self) -> tuple[ClientConnection, bool]:
         c = self.c
         c.in_flight.pop(self.rid, None)
         c.active_streams -= 1
-        self.on_finish(c, c.usable)
+        return c, c.usable
 
     def upgrade(self) -> Tunnel:
         raise StreamError("RPC streams cannot switch protocols")
