@@ -118,7 +118,8 @@ def test_deadline_propagates_and_expires(grpc_mesh):
     channel, rec, _ = grpc_mesh
     unary = call(channel, "unary_unary", "Unary")
     unary(b"x", timeout=3)
-    assert rec.deadlines[-1] is not None and 1.5 < rec.deadlines[-1] <= 3  # grpc-timeout arrived
+    # grpc-timeout arrived (grpc rounds it to its units: a hair over 3 s happens)
+    assert rec.deadlines[-1] is not None and 1.5 < rec.deadlines[-1] <= 3.1
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as e:
         unary(b"sleep2", timeout=0.5)
