@@ -85,6 +85,9 @@ class Listener:
             conn.close("done")
             self._conns.discard(conn)
             stats.inc(self._prefix + "downstream_cx_destroy")
+            # Why it ended (peer gone, drained, premature resets, a peer that took nothing...).
+            log.debug("connection_closed", listener=self.config.name, peer=peer,
+                      reason=conn.close_reason, bytes_in=conn.bytes_in, bytes_out=conn.bytes_out)
 
     def _detect(self, conn: Conn) -> Protocol | None:
         data = b""

@@ -66,7 +66,7 @@ class Upstream:
 class Greenmesh:
     """The ``greenmesh`` CLI in its own process, logging JSON to a file."""
 
-    def __init__(self, config: dict, tmp: Path):
+    def __init__(self, config: dict, tmp: Path, log_level: str = "info"):
         self.config = config
         self.stopped_by_test = False
         tmp.mkdir(parents=True, exist_ok=True)
@@ -75,7 +75,8 @@ class Greenmesh:
         self.log_path = tmp / "greenmesh.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "greenmesh.cli", "--config",
-                                      str(self.path), "--log-format", "json"],
+                                      str(self.path), "--log-format", "json",
+                                      "--log-level", log_level],
                                      cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         for lst in config.get("listeners", []):
             wait_port(int(lst["address"].rsplit(":", 1)[1]), self.proc)

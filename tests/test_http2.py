@@ -328,13 +328,16 @@ def test_peer_that_does_not_read_holds_back_its_streams_not_memory(upstream, sta
 def test_peer_that_reads_nothing_for_the_idle_timeout_loses_the_connection(upstream,
                                                                            start_mesh):
     gm = start_mesh(mesh_config([upstream.address], listener={"protocol": "http2",
-                                                               "idle_timeout": "1s"}))
+                                                               "idle_timeout": "1s"}),
+                    log_level="debug")
     c = H2Client(gm.port())
     c.h2.increment_flow_control_window(2**31 - 1 - c.h2.inbound_flow_control_window)
     c.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
     c.request("GET", "/bytes/200000000")
     (entry,) = gm.access(timeout=10)
     assert entry["flags"] == "DC" and entry["duration_ms"] < 5000, entry
+    reasons = [e["reason"] for e in gm.logs() if e.get("event") == "connection_closed"]
+    assert "peer took nothing for 1s" in reasons, reasons  # (the other: the start-up probe)
     c.close()
 
 
