@@ -639,28 +639,30 @@ def _endpoint(r: _Reader, v: Any, path: str) -> model.Endpoint | None:
 
 _CLUSTER_FIELDS = (
     ("name", _string), ("protocol", _one_of(PROTOCOLS)), ("lb_policy", _one_of(LB_POLICIES)),
-    ("connect_timeout", parse_duration), ("max_connections", _positive_int),
-    ("max_pending_requests", _count), ("idle_timeout", parse_duration),
-    ("max_concurrent_streams", _positive_int), ("keepalive_interval", parse_duration),
-    ("max_requests", _positive_int), ("max_retries", _count))
+    ("connect_timeout", parse_duration), ("idle_timeout", parse_duration),
+    ("max_concurrent_streams", _positive_int), ("keepalive_interval", parse_duration))
+_BREAKER_FIELDS = (("max_connections", _positive_int), ("max_pending_requests", _count),
+                   ("max_requests", _positive_int), ("max_retries", _count))
 
 
 def _cluster(r: _Reader, v: Any, path: str) -> model.Cluster | None:
-    obj = r.mapping(v, path, (*(k for k, _ in _CLUSTER_FIELDS), "endpoints", "tls",
-                              "outlier_detection", "health_checks"))
+    obj = r.mapping(v, path, (*(k for k, _ in _CLUSTER_FIELDS), *(k for k, _ in _BREAKER_FIELDS),
+                              "endpoints", "tls", "outlier_detection", "health_checks"))
     if obj is None:
         return None
     endpoints = [_endpoint(r, e, p) for p, e in r.items(obj, path, "endpoints")]
     values = _scalars(r, obj, path, model.Cluster, _CLUSTER_FIELDS)
+    limits = _scalars(r, obj, path, model.CircuitBreakers, _BREAKER_FIELDS)
     tls = _optional(r, obj, path, "tls", _tls_client)
     outlier = _optional(r, obj, path, "outlier_detection", _outlier)
     checks = [_health_check(r, h, p) for p, h in r.items(obj, path, "health_checks")]
     if len(checks) > 1:
         r.error(_join(path, "health_checks"), "expected at most one health check")
-    if (None in values.values() or None in endpoints or tls is ... or outlier is ...
-            or None in checks):
+    if (None in values.values() or None in limits.values() or None in endpoints or tls is ...
+            or outlier is ... or None in checks):
         return None
     return model.Cluster(endpoints=tuple(endpoints), tls=tls, outlier_detection=outlier,
+                         circuit_breakers=model.CircuitBreakers(**limits),
                          health_check=checks[0] if checks else None, **values)
 
 

@@ -13,12 +13,12 @@ import structlog
 from greenmesh import config as config_loader
 from greenmesh import model
 from greenmesh.admin import Admin
-from greenmesh.cluster import ClusterManager
 from greenmesh.listener import Listener
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
 from greenmesh.streams import Registry, default_registry
+from greenmesh.upstream.manager import ClusterManager
 
 log = structlog.get_logger("greenmesh")
 

@@ -69,16 +69,24 @@ class HealthCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitBreakers:
+    """Envoy's per-cluster limits (its defaults): upstream connections, requests waiting for
+    one, requests and retries in flight."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...] = ()
     protocol: str = "http1"
     lb_policy: str = "round_robin"
     connect_timeout: float = 1.0
-    # Circuit breakers over the whole cluster (Envoy's defaults): upstream connections and
-    # requests waiting for one.
-    max_connections: int = 1024
-    max_pending_requests: int = 1024
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
     # Idle pooled connections are closed after this long.
     idle_timeout: float = 60.0
     tls: TlsClient | None = None
@@ -91,9 +99,6 @@ class Cluster:
     eds_service_name: str | None = None
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
-    # ... and requests and retries in flight.
-    max_requests: int = 1024
-    max_retries: int = 3
 
 
 @dataclass(frozen=True, slots=True)

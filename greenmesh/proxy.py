@@ -14,9 +14,6 @@ from http import HTTPStatus
 import gevent
 import structlog
 
-from greenmesh.cluster import ClusterManager
-from greenmesh.lb import stable_hash
-from greenmesh.pool import ConnectFailure, PoolClosed, PoolOverflow
 from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
 from greenmesh.streams.base import (
@@ -34,6 +31,9 @@ from greenmesh.streams.base import (
     Tunnel,
 )
 from greenmesh.streams.http_common import clean_response_headers, local_reply_headers
+from greenmesh.upstream.lb import stable_hash
+from greenmesh.upstream.manager import ClusterManager
+from greenmesh.upstream.pool import ConnectFailure, PoolClosed, PoolOverflow
 
 log = structlog.get_logger("greenmesh.proxy")
 
@@ -216,12 +216,10 @@ class _Retries:
         delay = random.uniform(0, min(cap, base * (2 ** self.done)))
         if self.deadline is not None and _monotonic() + delay >= self.deadline:
             return False  # no time left for another try
-        load = self._cluster.load
         key = f"cluster.{self._cluster.name}.upstream_rq_retry"  # only when retrying
-        if load.retries >= self._cluster.config.max_retries:
+        if not self._cluster.breakers.try_retry():
             self._stats.inc(key + "_overflow")  # the retry circuit breaker
             return False
-        load.retries += 1
         self.left -= 1
         self.done += 1
         self._stats.inc(key)
@@ -374,19 +372,17 @@ class Proxy:
             head.headers = _apply_header_ops(head.headers, matched.request_add,
                                              matched.request_remove)
         timeout = action.timeout or None
-        load = cluster.load
-        if load.requests >= cluster.config.max_requests:
+        breakers = cluster.breakers
+        if not breakers.try_request():
             self._stats.inc(f"cluster.{name}.upstream_rq_overflow")
             raise _LocalReply(503, "UO", b"upstream overflow",
                               ((b"x-envoy-overloaded", b"true"),))
-        load.requests += 1
         retries = _Retries(action.retry_policy, timeout, stats=self._stats, cluster=cluster,
                            idle=action.idle_timeout or None)
         try:
             self._attempts(stream, ex, head, action, cluster, retries, timeout)
         finally:
-            load.requests -= 1
-            load.retries -= retries.done
+            breakers.end_request(retries.done)
         if action.request_mirror_policies and _replayable_body(stream, ex):
             for mirror in action.request_mirror_policies:
                 gevent.spawn(self._mirror, mirror, head, list(ex.replay), stream.trailers,
@@ -396,7 +392,7 @@ class Proxy:
                 timeout: float | None) -> None:
         """A copy of the request to another cluster; its answer is read and dropped."""
         cluster = self._clusters.get(name)
-        host = cluster.lb.pick() if cluster is not None else None
+        host = cluster.pick() if cluster is not None else None
         key = f"cluster.{name}.upstream_rq_mirror"
         if host is None:
             self._stats.inc(key + "_failed")
@@ -438,7 +434,7 @@ class Proxy:
         key = _hash_key(head, action.hash_policy) if action.hash_policy else None
         while True:
             attempt += 1
-            host = cluster.lb.pick(key)
+            host = cluster.pick(key)
             if host is None:
                 raise _LocalReply(503, "UH", b"no healthy upstream")
             ex.upstream = str(host.address)

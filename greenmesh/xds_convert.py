@@ -127,7 +127,8 @@ def cluster(c: Cluster, conv: Conversion) -> model.Cluster:
     return model.Cluster(name=c.name, endpoints=endpoints, protocol=protocol, lb_policy=lb,
                          **extra,
                          connect_timeout=_seconds(c.connect_timeout, 5.0),
-                         eds_service_name=eds_name, **limits)
+                         eds_service_name=eds_name,
+                         circuit_breakers=model.CircuitBreakers(**limits))
 
 
 def _health_check(h, conv: Conversion, where: str) -> model.HealthCheck:

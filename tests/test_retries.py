@@ -261,9 +261,9 @@ def test_source_ip_hash_is_sticky(start_mesh):
 
 def test_ejections_grow_and_respect_the_cap():
     from greenmesh import model
-    from greenmesh.cluster import ClusterManager
     from greenmesh.stats import Stats
     from greenmesh.streams import default_registry
+    from greenmesh.upstream.manager import ClusterManager
     cm = ClusterManager(default_registry(), Stats())
     od = model.OutlierDetection(consecutive_5xx=1, base_ejection_time=10.0,
                                 max_ejection_time=25.0, max_ejection_percent=30)
@@ -288,9 +288,9 @@ def test_ejections_grow_and_respect_the_cap():
 
 def test_consecutive_gateway_failures_eject_but_other_5xx_do_not():
     from greenmesh import model
-    from greenmesh.cluster import ClusterManager
     from greenmesh.stats import Stats
     from greenmesh.streams import default_registry
+    from greenmesh.upstream.manager import ClusterManager
     cm = ClusterManager(default_registry(), Stats())
     od = model.OutlierDetection(consecutive_5xx=0, consecutive_gateway_failure=2,
                                 max_ejection_percent=100)

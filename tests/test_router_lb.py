@@ -7,9 +7,9 @@ from collections import Counter
 import pytest
 
 from greenmesh import model
-from greenmesh.lb import RoundRobin
 from greenmesh.router import RouteTable
 from greenmesh.streams.base import RequestHead
+from greenmesh.upstream.lb import RoundRobin
 
 
 def table(*vhosts: tuple[str, tuple[str, ...], list[tuple[str, str]]]) -> RouteTable:
@@ -146,14 +146,14 @@ class AH:
 
 
 def test_random_follows_weights():
-    from greenmesh.lb import Random
+    from greenmesh.upstream.lb import Random
     lb = Random([H("a", 1), H("b", 3)])
     counts = Counter(lb.pick().name for _ in range(20000))
     assert abs(counts["b"] / 20000 - 0.75) < 0.02, counts
 
 
 def test_least_request_prefers_idle_hosts():
-    from greenmesh.lb import LeastRequest
+    from greenmesh.upstream.lb import LeastRequest
     hosts = [AH("busy", active=50), AH("idle1"), AH("idle2")]
     counts = Counter(LeastRequest(hosts).pick().name for _ in range(3000))
     # Power of two choices: "busy" wins only when both picks are "busy" (1/9 of the time).
@@ -162,7 +162,7 @@ def test_least_request_prefers_idle_hosts():
 
 @pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
 def test_hashing_is_sticky_even_and_consistent(policy):
-    from greenmesh.lb import POLICIES, stable_hash
+    from greenmesh.upstream.lb import POLICIES, stable_hash
     hosts = [AH(f"10.0.0.{i}:80") for i in range(5)]
     lb = POLICIES[policy](hosts)
     keys = [stable_hash(b"user-%d" % i) for i in range(5000)]
@@ -178,8 +178,8 @@ def test_hashing_is_sticky_even_and_consistent(policy):
 
 
 def test_priority_levels_spill_over_as_envoy():
-    from greenmesh.cluster import PriorityLoad
-    from greenmesh.lb import RoundRobin
+    from greenmesh.upstream.lb import RoundRobin
+    from greenmesh.upstream.priority import PriorityLoad
 
     class P(AH):
         def __init__(self, name: str, priority: int):

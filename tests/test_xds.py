@@ -380,4 +380,5 @@ def test_cluster_resilience_fields_convert():
     assert m.lb_policy == "maglev"
     assert m.health_check == model.HealthCheck("/healthz", ((200, 300),), 2.0, 0.5, 2, 3)
     assert m.outlier_detection == model.OutlierDetection(3, 0, 10.0, 300.0, 50)
-    assert (m.max_requests, m.max_retries, m.max_connections) == (100, 1, 10)
+    cb = m.circuit_breakers
+    assert (cb.max_requests, cb.max_retries, cb.max_connections) == (100, 1, 10)

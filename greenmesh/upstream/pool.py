@@ -20,6 +20,7 @@ from greenmesh.conn import Conn, ConnError
 from greenmesh.stats import Stats
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import ClientConnection, ClientStream, StreamTimeout
+from greenmesh.upstream.breakers import Breakers
 
 
 class ConnectFailure(Exception):
@@ -34,25 +35,13 @@ class PoolClosed(Exception):
     """The host left the cluster while the request waited."""
 
 
-class Load:
-    """A cluster's use of its circuit breakers, shared by its hosts' pools and kept across
-    snapshots: connections, requests waiting for one, requests and retries in flight."""
-
-    __slots__ = ("connections", "pending", "requests", "retries")
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.pending = 0
-        self.requests = 0
-        self.retries = 0
-
-
 class _Pool:
     def __init__(self, address: model.Address, protocol: Protocol, settings: model.Cluster,
-                 stats: Stats, tls: ssl.SSLContext | None = None, load: Load | None = None):
+                 stats: Stats, tls: ssl.SSLContext | None = None,
+                 breakers: Breakers | None = None):
         self.address = address
         self.tls = tls
-        self.load = load or Load()
+        self.breakers = breakers or Breakers(settings.circuit_breakers)
         self.protocol = protocol
         self.settings = settings
         self.stats = stats
@@ -72,7 +61,7 @@ class _Pool:
 
     def _connect(self) -> ClientConnection:
         self._open += 1
-        self.load.connections += 1
+        self.breakers.connections += 1
         self.stats.inc(self._k_cx)
         try:
             conn = Conn.connect(self.address.host, self.address.port,
@@ -80,7 +69,7 @@ class _Pool:
                                 self.settings.tls.sni if self.settings.tls else "")
         except ConnError as e:
             self._open -= 1
-            self.load.connections -= 1
+            self.breakers.connections -= 1
             self.stats.inc(self._k_fail)
             self._wake(None)
             raise ConnectFailure(str(e)) from None
@@ -88,18 +77,18 @@ class _Pool:
 
     def _wait(self, timeout: float | None) -> ClientConnection | None:
         """Queues for a connection (or a free slot: None) until one is released."""
-        if self.load.pending >= self.settings.max_pending_requests:
+        if not self.breakers.can_wait():
             self.stats.inc(self._k_overflow)
             raise PoolOverflow("too many pending requests")
         waiter = AsyncResult()
         self._waiters.append(waiter)
-        self.load.pending += 1
+        self.breakers.pending += 1
         try:
             result = waiter.get(timeout=timeout)
         except Timeout:
             raise StreamTimeout("no upstream connection became free in time") from None
         finally:
-            self.load.pending -= 1
+            self.breakers.pending -= 1
             try:
                 self._waiters.remove(waiter)
             except ValueError:
@@ -123,7 +112,7 @@ class _Pool:
     def _discard(self, cc: ClientConnection, reason: str) -> None:
         cc.close(reason)
         self._open -= 1
-        self.load.connections -= 1
+        self.breakers.connections -= 1
         self.stats.inc(self._k_destroy)
         self._wake(None)
 
@@ -151,7 +140,7 @@ class ExclusivePool(_Pool):
                 self._discard(cc, "stale idle connection")
                 continue
             return self._stream(cc)
-        if self.load.connections < self.settings.max_connections:
+        if self.breakers.can_connect():
             return self._stream(self._connect())
         cc = self._wait(timeout) or self._connect()
         return self._stream(cc)
@@ -215,7 +204,7 @@ class MultiplexPool(_Pool):
                 except Timeout:
                     raise StreamTimeout("upstream connection not ready in time") from None
                 continue
-            if self.load.connections < self.settings.max_connections:
+            if self.breakers.can_connect():
                 self._connecting = pending = AsyncResult()
                 try:
                     cc = self._connect()
@@ -267,7 +256,7 @@ Pool = ExclusivePool | MultiplexPool
 
 
 def make_pool(address: model.Address, protocol: Protocol, settings: model.Cluster,
-              stats: Stats, tls: ssl.SSLContext | None = None, load: Load | None = None
+              stats: Stats, tls: ssl.SSLContext | None = None, breakers: Breakers | None = None
               ) -> Pool:
     cls = MultiplexPool if protocol.multiplexed else ExclusivePool
-    return cls(address, protocol, settings, stats, tls, load)
+    return cls(address, protocol, settings, stats, tls, breakers)

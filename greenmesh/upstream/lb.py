@@ -16,7 +16,19 @@ from typing import Protocol as _Proto
 
 
 class Weighted(_Proto):
+    """What a balancer needs of a host."""
+
     weight: int
+    priority: int
+
+    @property
+    def active(self) -> int: ...
+
+
+class Balancer(_Proto):
+    hosts: tuple[Weighted, ...]
+
+    def pick(self, key: int | None = None) -> Weighted | None: ...
 
 
 def stable_hash(data: bytes) -> int:
