@@ -1,20 +1,21 @@
 """One request: route -> host -> pool -> forward head, body and trailers both ways -> access log.
 
 Written once for every protocol: it only speaks the stream contract in ``streams.base``.
-Response flags and local-reply texts follow Envoy's, so operators can read both the same way.
+Failures are types (Envoy's response flags and reset reasons, ``greenmesh.failures``); a local
+reply carries its flags to the codec, which maps them to its own wire answer.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 
 import gevent
 import structlog
 
-from greenmesh.router import RouteTable
+from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
+from greenmesh.retry import RetryState
+from greenmesh.router import CompiledRoute, RouteTable
 from greenmesh.stats import Stats
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -30,10 +31,10 @@ from greenmesh.streams.base import (
     StreamTimeout,
     Tunnel,
 )
-from greenmesh.streams.http_common import clean_response_headers, local_reply_headers
-from greenmesh.upstream.lb import stable_hash
+from greenmesh.streams.http_common import clean_response_headers
+from greenmesh.upstream.cluster import ClusterSnapshot
 from greenmesh.upstream.manager import ClusterManager
-from greenmesh.upstream.pool import ConnectFailure, PoolClosed, PoolOverflow
+from greenmesh.upstream.pool import PoolOverflow
 
 log = structlog.get_logger("greenmesh.proxy")
 
@@ -42,8 +43,9 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 REPLAY_LIMIT = 64 * 1024
 
 _monotonic = time.monotonic
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _STATUS_CLASS = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not formatted per request
+_OVERLOADED = [(b"x-envoy-overloaded", b"true")]
+_UF = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
 
 
 class _Exchange:
@@ -54,14 +56,14 @@ class _Exchange:
 
     def __init__(self) -> None:
         self.status = 0
-        self.flags = "-"
-        self.upstream = None
-        self.cluster = None
+        self.flags: list[ResponseFlag] = []
+        self.upstream: str | None = None
+        self.cluster: str | None = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.body_done_at: float | None = None
         self.downstream_error: DownstreamError | None = None
-        self.route = None  # the matched route (compiled), for response header operations
+        self.route: CompiledRoute | None = None  # for response header operations
         self.replay: list[bytes] = []
         self.replay_ok = True
         self.error = ""
@@ -103,6 +105,7 @@ class _Relay:
                 chunk = read(True)
             if chunk is None:
                 break
+            assert isinstance(chunk, bytes)
             self.on_chunk(chunk)
             if self.held is not None:
                 dst.send_data(self.held, end_stream=False)
@@ -118,39 +121,27 @@ class _Relay:
         return True
 
 
-class _LocalReply(Exception):
-    def __init__(self, status: int, flags: str, body: bytes, headers: tuple = ()):
-        self.status, self.flags, self.body, self.headers = status, flags, body, headers
+class _Answer(Exception):
+    """Ends the request with greenmesh's own reply."""
+
+    def __init__(self, reply: LocalReply):
+        self.reply = reply
 
 
-def _hash_key(head: RequestHead, policies) -> int | None:
-    """The first of the route's hash policies that finds a value (Envoy's, without
-    combining several)."""
-    for p in policies:
-        value = None
-        if p.header is not None:
-            value = head.get(p.header.encode())
-        elif p.cookie is not None:
-            wanted = p.cookie.encode() + b"="
-            for name, v in head.headers:
-                if name == b"cookie":
-                    for part in v.split(b";"):
-                        part = part.strip()
-                        if part.startswith(wanted):
-                            value = part[len(wanted):]
-        elif p.source_ip:
-            value = head.peer or None
-        if value:
-            return stable_hash(value)
-    return None
+def _answer(status: int, flag: ResponseFlag | None, body: bytes,
+            headers: Headers | None = None) -> _Answer:
+    return _Answer(LocalReply(status, [flag] if flag else [], body, headers or []))
 
 
-class _RetryStatus(Exception):
-    """The upstream's response status is one the route retries on."""
-
-    def __init__(self, status: int):
-        super().__init__(status)
-        self.status = status
+def _upstream_failure(e: StreamError) -> _Answer:
+    """What the client hears when the upstream failed before a response head (Envoy's words)."""
+    if isinstance(e, StreamTimeout):
+        return _answer(504, ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, b"upstream request timeout")
+    reason = e.reason if isinstance(e, StreamReset) else ResetReason.PROTOCOL_ERROR
+    flag = (ResponseFlag.UPSTREAM_PROTOCOL_ERROR if reason is ResetReason.PROTOCOL_ERROR
+            else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
+    return _answer(502, flag, b"upstream connect error or disconnect/reset before headers. "
+                   b"reset reason: " + reason.value.encode())
 
 
 def _replayable_body(stream: ServerStream, ex: _Exchange) -> bool:
@@ -162,69 +153,6 @@ def _replayable(stream: ServerStream, ex: _Exchange) -> bool:
     """Whether the request can be sent again: all of it was read and kept, and nothing of a
     response has reached the client yet."""
     return not stream.response_started and _replayable_body(stream, ex)
-
-
-def _retry_conditions(e: StreamError) -> tuple[str, ...]:
-    """The retry_on conditions an upstream failure satisfies (Envoy's meanings)."""
-    if isinstance(e, StreamTimeout):  # a per-try timeout
-        return ("5xx", "gateway-error", "reset")
-    if isinstance(e, StreamReset):
-        refused = "REFUSED_STREAM" in str(e)
-        return ("5xx", "gateway-error", "reset", *(("refused-stream",) if refused else ()))
-    return ("5xx",)
-
-
-class _Retries:
-    """A route's retry policy applied to one request: budget, conditions, back-off."""
-
-    __slots__ = ("policy", "left", "done", "deadline", "try_timeout", "_stats", "_cluster")
-
-    def __init__(self, policy, timeout: float | None, stats: Stats, cluster,
-                 idle: float | None = None):
-        self.policy = policy
-        self._cluster = cluster
-        self.left = policy.num_retries if policy else 0
-        self.done = 0
-        self.deadline = _monotonic() + timeout if timeout else None
-        per_try = policy.per_try_timeout if policy else None
-        waits = [t for t in (per_try, timeout, idle) if t]
-        self.try_timeout = min(waits) if waits else None  # for the response head
-        self._stats = stats
-
-    def allow(self, replayable: bool, *conditions: str) -> bool:
-        """Spends a retry (and sleeps the back-off) if the policy covers one of conditions."""
-        policy = self.policy
-        if (not self.left or not replayable or policy is None
-                or not any(c in policy.retry_on for c in conditions)):
-            return False
-        return self._spend()
-
-    def allow_status(self, status: int, replayable: bool) -> bool:
-        policy = self.policy
-        if not self.left or not replayable or policy is None:
-            return False
-        on = policy.retry_on
-        if not ((status >= 500 and "5xx" in on)
-                or (status in (502, 503, 504) and "gateway-error" in on)
-                or (status in policy.retriable_status_codes and "retriable-status-codes" in on)):
-            return False
-        return self._spend()
-
-    def _spend(self) -> bool:
-        base = self.policy.base_interval
-        cap = self.policy.max_interval or 10 * base
-        delay = random.uniform(0, min(cap, base * (2 ** self.done)))
-        if self.deadline is not None and _monotonic() + delay >= self.deadline:
-            return False  # no time left for another try
-        key = f"cluster.{self._cluster.name}.upstream_rq_retry"  # only when retrying
-        if not self._cluster.breakers.try_retry():
-            self._stats.inc(key + "_overflow")  # the retry circuit breaker
-            return False
-        self.left -= 1
-        self.done += 1
-        self._stats.inc(key)
-        gevent.sleep(delay)
-        return True
 
 
 def _apply_header_ops(headers: Headers, add: tuple, remove: frozenset) -> Headers:
@@ -240,35 +168,6 @@ def _apply_header_ops(headers: Headers, add: tuple, remove: frozenset) -> Header
     return headers
 
 
-def _redirect_location(head: RequestHead, matched) -> bytes:
-    r = matched.route.redirect
-    scheme = (r.scheme_redirect.encode() if r.scheme_redirect else head.scheme) or b"http"
-    authority = head.authority
-    if r.host_redirect is not None:
-        authority = r.host_redirect.encode()
-    if r.port_redirect is not None:
-        host = authority.rsplit(b":", 1)[0] if authority.count(b":") == 1 else authority
-        authority = host + b":%d" % r.port_redirect
-    if r.path_redirect is not None:
-        path = r.path_redirect.encode()
-    else:
-        path = matched.rewrite_path(head.path, r.prefix_rewrite) if r.prefix_rewrite is not None \
-            else head.path
-    if r.strip_query:
-        path = path.split(b"?", 1)[0]
-    return scheme + b"://" + authority + path
-
-
-def _upstream_failure(e: StreamError) -> _LocalReply:
-    """What the client hears when the upstream failed before a response head (Envoy's words)."""
-    if isinstance(e, StreamTimeout):
-        return _LocalReply(504, "UT", b"upstream request timeout")
-    if isinstance(e, StreamReset):
-        return _LocalReply(502, "UC", b"upstream connect error or disconnect/reset before "
-                           b"headers. reset reason: connection termination")
-    return _LocalReply(502, "UPE", b"upstream protocol error")
-
-
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
@@ -276,6 +175,14 @@ def _remaining(deadline: float | None) -> float | None:
     if left <= 0:
         raise StreamTimeout("route timeout")
     return left
+
+
+class _RetryStatus(Exception):
+    """The upstream's response status is one the route retries on."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
 
 
 class Proxy:
@@ -299,19 +206,20 @@ class Proxy:
         ex = _Exchange()
         try:
             self._forward(stream, ex)
-        except _LocalReply as r:
-            self._local_reply(stream, ex, r)
+        except _Answer as a:
+            self._local_reply(stream, ex, a.reply)
         except DownstreamError as e:
             e = ex.downstream_error or e
             ex.error = str(e)
             if e.status and not stream.response_started:
-                self._local_reply(stream, ex, _LocalReply(e.status, "DPE", f"{e}\n".encode()))
+                self._local_reply(stream, ex, LocalReply(
+                    e.status, [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR], f"{e}\n".encode()))
             else:
-                ex.flags = "DC"
+                ex.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
                 stream.reset("downstream error")
         except Exception:  # a bug: log it, lose this request only
             log.exception("proxy_error", listener=self.listener)
-            ex.flags = "IE"
+            ex.flags.append(ResponseFlag.INTERNAL_ERROR)
             stream.reset("internal error")
         status = ex.status
         stats = self._stats
@@ -320,27 +228,22 @@ class Proxy:
         if self._access_log is not None:
             req = stream.request
             self._access_log.info("access", listener=self.listener, method=req.method.decode(),
-                            authority=req.authority.decode("latin-1"),
-                            path=req.path.decode("latin-1"), status=status,
-                            flags=ex.flags, bytes_in=ex.bytes_in, bytes_out=ex.bytes_out,
-                            duration_ms=round((_monotonic() - start) * 1000, 3),
-                            cluster=ex.cluster, upstream=ex.upstream,
-                            **({"details": ex.error} if ex.error else {}))
+                                  authority=req.authority.decode("latin-1"),
+                                  path=req.path.decode("latin-1"), status=status,
+                                  flags=render_flags(ex.flags), bytes_in=ex.bytes_in,
+                                  bytes_out=ex.bytes_out,
+                                  duration_ms=round((_monotonic() - start) * 1000, 3),
+                                  cluster=ex.cluster, upstream=ex.upstream,
+                                  **({"details": ex.error} if ex.error else {}))
 
-    def _local_reply(self, stream: ServerStream, ex: _Exchange, r: _LocalReply) -> None:
-        ex.flags = r.flags
+    def _local_reply(self, stream: ServerStream, ex: _Exchange, reply: LocalReply) -> None:
+        ex.flags.extend(f for f in reply.flags if f not in ex.flags)
         if stream.response_started:
-            stream.reset(r.flags)
+            stream.reset(render_flags(reply.flags))
             return
-        ex.status = r.status
-        body = r.body if stream.request.method != b"HEAD" else b""
-        headers = local_reply_headers(r.body) + list(r.headers)
+        ex.status = reply.status
         try:
-            stream.send_headers(ResponseHead(r.status, headers, _REASONS.get(r.status, b"")),
-                                end_stream=not body)
-            if body:
-                stream.send_data(body, end_stream=True)
-            ex.bytes_out = len(body)
+            ex.bytes_out = stream.send_local_reply(reply)
         except DownstreamError:
             stream.reset("downstream error")
 
@@ -349,21 +252,22 @@ class Proxy:
         table = self._routes()
         matched = table.match(head) if table is not None else None
         if matched is None:
-            raise _LocalReply(404, "NR", b"")
+            raise _answer(404, ResponseFlag.NO_ROUTE_FOUND, b"")
         ex.route = matched
         route = matched.route
         if route.direct_response is not None:
             dr = route.direct_response
-            raise _LocalReply(dr.status, "-", dr.body.encode())
+            raise _answer(dr.status, None, dr.body.encode())
         if route.redirect is not None:
-            raise _LocalReply(route.redirect.response_code, "-", b"",
-                              ((b"location", _redirect_location(head, matched)),))
+            raise _answer(route.redirect.response_code, None, b"",
+                          [(b"location", matched.redirect_location(head))])
         action = route.route
+        assert action is not None
         name = matched.cluster_name(head)
         ex.cluster = name
         cluster = self._clusters.get(name) if name else None
         if cluster is None:
-            raise _LocalReply(503, "NC", b"cluster not found")
+            raise _answer(503, ResponseFlag.NO_CLUSTER_FOUND, b"cluster not found")
         if action.prefix_rewrite is not None or action.regex_rewrite is not None:
             head.path = matched.rewrite_path(head.path, action.prefix_rewrite)
         if action.host_rewrite_literal is not None:
@@ -374,13 +278,12 @@ class Proxy:
         timeout = action.timeout or None
         breakers = cluster.breakers
         if not breakers.try_request():
-            self._stats.inc(f"cluster.{name}.upstream_rq_overflow")
-            raise _LocalReply(503, "UO", b"upstream overflow",
-                              ((b"x-envoy-overloaded", b"true"),))
-        retries = _Retries(action.retry_policy, timeout, stats=self._stats, cluster=cluster,
-                           idle=action.idle_timeout or None)
+            self._stats.inc(f"cluster.{cluster.name}.upstream_rq_overflow")
+            raise _answer(503, ResponseFlag.UPSTREAM_OVERFLOW, b"upstream overflow", _OVERLOADED)
+        retries = RetryState(action.retry_policy, timeout, action.idle_timeout or None,
+                             self._stats, cluster)
         try:
-            self._attempts(stream, ex, head, action, cluster, retries, timeout)
+            self._attempts(stream, ex, head, matched, cluster, retries, timeout)
         finally:
             breakers.end_request(retries.done)
         if action.request_mirror_policies and _replayable_body(stream, ex):
@@ -401,7 +304,7 @@ class Proxy:
                              list(head.headers))
         try:
             cs = host.pool.new_stream(timeout)
-        except (ConnectFailure, PoolClosed, PoolOverflow, StreamTimeout):
+        except StreamError:
             self._stats.inc(key + "_failed")
             return
         try:
@@ -427,33 +330,45 @@ class Proxy:
         finally:
             cs.finish()
 
-    def _attempts(self, stream: ServerStream, ex: _Exchange, head: RequestHead, action,
-                  cluster, retries: _Retries, timeout: float | None) -> None:
+    @staticmethod
+    def _give_up(retries: RetryState, answer: _Answer) -> _Answer:
+        """The failure's answer, with why the retry policy could not hide it (URX, UO)."""
+        if retries.refused is not None:
+            answer.reply.flags.append(retries.refused)
+        return answer
+
+    def _attempts(self, stream: ServerStream, ex: _Exchange, head: RequestHead,
+                  matched: CompiledRoute, cluster: ClusterSnapshot, retries: RetryState,
+                  timeout: float | None) -> None:
         stale_retry = head.method in IDEMPOTENT  # one free retry on a stale keep-alive
         attempt = 0
-        key = _hash_key(head, action.hash_policy) if action.hash_policy else None
+        action = matched.route.route
+        assert action is not None
+        key = matched.hash_key(head) if action.hash_policy else None
         while True:
             attempt += 1
             host = cluster.pick(key)
             if host is None:
-                raise _LocalReply(503, "UH", b"no healthy upstream")
+                raise _answer(503, ResponseFlag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
             ex.upstream = str(host.address)
             if action.auto_host_rewrite:
                 head.authority = ex.upstream.encode()
             try:
                 cs = host.pool.new_stream(timeout)
-            except (ConnectFailure, PoolClosed) as e:
+            except PoolOverflow:
+                raise _answer(503, ResponseFlag.UPSTREAM_OVERFLOW, b"upstream overflow",
+                              _OVERLOADED) from None
+            except StreamReset as e:  # a connect failure, or the host left while we waited
                 ex.error = str(e)
                 cluster.record(host, 0)
-                if retries.allow(_replayable(stream, ex), "connect-failure"):
+                if retries.on_reset(e.reason, _replayable(stream, ex)):
                     continue
-                raise _LocalReply(503, "UF", b"upstream connect error or disconnect/reset before "
-                                  b"headers. reset reason: connection failure") from None
-            except PoolOverflow:
-                raise _LocalReply(503, "UO", b"upstream overflow",
-                                  ((b"x-envoy-overloaded", b"true"),)) from None
+                raise self._give_up(retries, _answer(
+                    503, _UF, b"upstream connect error or disconnect/reset before headers. "
+                              b"reset reason: connection failure")) from None
             except StreamTimeout:
-                raise _LocalReply(504, "UT", b"upstream request timeout") from None
+                raise _answer(504, ResponseFlag.UPSTREAM_REQUEST_TIMEOUT,
+                              b"upstream request timeout") from None
             try:
                 self._exchange(stream, cs, ex, timeout, attempt, retries)
                 cluster.record(host, ex.status)
@@ -475,13 +390,14 @@ class Proxy:
                     self._stats.inc("upstream_rq_retry")
                     continue  # a stale keep-alive connection: once more on another
                 cluster.record(host, 0)
-                if retries.allow(replayable, *_retry_conditions(e)):
+                reason = e.reason if isinstance(e, StreamReset) else None
+                if retries.on_reset(reason, replayable):
                     continue
                 ex.error = str(e)
-                raise _upstream_failure(e) from None
+                raise self._give_up(retries, _upstream_failure(e)) from None
 
     def _exchange(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
-                  timeout: float | None, attempt: int, retries: _Retries) -> None:
+                  timeout: float | None, attempt: int, retries: RetryState) -> None:
         head = stream.request
         pump = None
         stream.on_reset(lambda: self._downstream_reset(ex, cs))
@@ -505,7 +421,8 @@ class Proxy:
             while resp.status < 200:
                 if resp.status == 101:
                     if not head.upgrade:
-                        raise StreamReset("upstream switched protocols unasked")
+                        raise StreamReset("upstream switched protocols unasked",
+                                          ResetReason.PROTOCOL_ERROR)
                     self._tunnel(stream, cs, ex, resp)
                     return
                 if resp.status != 100:  # greenmesh answered 100-continue itself
@@ -513,7 +430,7 @@ class Proxy:
                                                            clean_response_headers(resp.headers),
                                                            resp.reason))
                 resp = self._await_response(stream, cs, ex, try_timeout)
-            if retries.allow_status(resp.status, _replayable(stream, ex)):
+            if retries.on_status(resp.status, _replayable(stream, ex)):
                 raise _RetryStatus(resp.status)  # before anything of it reaches the client
             ex.status = resp.status
             self._respond(stream, cs, ex, resp, timeout)
@@ -570,7 +487,8 @@ class Proxy:
         deadline = (ex.body_done_at or _monotonic()) + timeout if timeout else None
         headers = clean_response_headers(resp.headers)
         route = ex.route
-        if route is not None and (route.response_add or route.response_remove):
+        assert route is not None and route.route.route is not None
+        if route.response_add or route.response_remove:
             headers = _apply_header_ops(headers, route.response_add, route.response_remove)
         out = ResponseHead(resp.status, headers, resp.reason, resp.native)
         first = cs.read_body(None, block=False)
@@ -579,9 +497,9 @@ class Proxy:
             return
         stream.send_headers(out, end_stream=False)
 
-        idle = ex.route.route.route.idle_timeout  # the matched route's action
+        idle = route.route.route.idle_timeout  # the matched route's action
 
-        def read(block: bool):
+        def read(block: bool) -> Chunk:
             if not block:
                 return cs.read_body(None, False)
             wait = _remaining(deadline)
@@ -592,19 +510,22 @@ class Proxy:
         def count(chunk: bytes) -> None:
             ex.bytes_out += len(chunk)
         relay = _Relay(read, cs, stream, count)
-        if first is not None and first is not WOULD_BLOCK:
+        if isinstance(first, bytes):
             count(first)
             relay.held = first
         try:
             relay.run(block=True)
         except (StreamReset, StreamTimeout) as e:
             if ex.downstream_error:  # the client went first; cancelling upstream made this
-                ex.flags, ex.error = "DC", str(ex.downstream_error)
+                flag = ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION
+                ex.error = str(ex.downstream_error)
             else:  # too late for a status: the client sees the response cut short
-                ex.flags = "UT" if isinstance(e, StreamTimeout) else "UC"
+                flag = (ResponseFlag.UPSTREAM_REQUEST_TIMEOUT if isinstance(e, StreamTimeout)
+                        else ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
                 ex.error = str(e)
-            stream.reset(ex.flags)
-            cs.reset(ex.flags)
+            ex.flags.append(flag)
+            stream.reset(flag.value)
+            cs.reset(flag.value)
 
     def _tunnel(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                 resp: ResponseHead) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from greenmesh import model
 from greenmesh.streams.base import RequestHead
+from greenmesh.upstream.lb import stable_hash
 
 
 class _HeaderCheck:
@@ -82,7 +83,19 @@ def _query(path: bytes) -> dict[bytes, bytes]:
     return out
 
 
-class _CompiledRoute:
+def _cookie(head: RequestHead, name: bytes) -> bytes | None:
+    wanted = name + b"="
+    value = None
+    for n, v in head.headers:
+        if n == b"cookie":
+            for part in v.split(b";"):
+                part = part.strip()
+                if part.startswith(wanted):
+                    value = part[len(wanted):]
+    return value
+
+
+class CompiledRoute:
     """A route, compiled once: its path test, header and query checks, and the header
     operations of its route, virtual host and route config merged (route first, as Envoy)."""
 
@@ -146,6 +159,42 @@ class _CompiledRoute:
             bare = rx.sub(substitution, bare)
         return bare + query
 
+    def hash_key(self, head: RequestHead) -> int | None:
+        """What a hash-based balancer hashes for this request: the first of the route's hash
+        policies that finds a value (Envoy's, without combining several)."""
+        for p in self.route.route.hash_policy if self.route.route is not None else ():
+            value: bytes | None = None
+            if p.header is not None:
+                value = head.get(p.header.encode())
+            elif p.cookie is not None:
+                value = _cookie(head, p.cookie.encode())
+            elif p.source_ip:
+                value = head.peer or None
+            if value:
+                return stable_hash(value)
+        return None
+
+    def redirect_location(self, head: RequestHead) -> bytes:
+        """The Location of the route's redirect for this request."""
+        r = self.route.redirect
+        assert r is not None
+        scheme = (r.scheme_redirect.encode() if r.scheme_redirect else head.scheme) or b"http"
+        authority = head.authority
+        if r.host_redirect is not None:
+            authority = r.host_redirect.encode()
+        if r.port_redirect is not None:
+            host = authority.rsplit(b":", 1)[0] if authority.count(b":") == 1 else authority
+            authority = host + b":%d" % r.port_redirect
+        if r.path_redirect is not None:
+            path = r.path_redirect.encode()
+        elif r.prefix_rewrite is not None:
+            path = self.rewrite_path(head.path, r.prefix_rewrite)
+        else:
+            path = head.path
+        if r.strip_query:
+            path = path.split(b"?", 1)[0]
+        return scheme + b"://" + authority + path
+
     @staticmethod
     def _path_test(m: model.RouteMatch) -> Callable[[bytes], bool]:
         fold = (lambda p: p.lower()) if not m.case_sensitive else (lambda p: p)
@@ -193,12 +242,12 @@ class RouteTable:
     def __init__(self, config: model.RouteConfig):
         self.config = config
         self.name = config.name
-        self._exact: dict[bytes, tuple[_CompiledRoute, ...]] = {}
-        suffixes: list[tuple[bytes, tuple[_CompiledRoute, ...]]] = []
-        prefixes: list[tuple[bytes, tuple[_CompiledRoute, ...]]] = []
-        self._default: tuple[_CompiledRoute, ...] | None = None
+        self._exact: dict[bytes, tuple[CompiledRoute, ...]] = {}
+        suffixes: list[tuple[bytes, tuple[CompiledRoute, ...]]] = []
+        prefixes: list[tuple[bytes, tuple[CompiledRoute, ...]]] = []
+        self._default: tuple[CompiledRoute, ...] | None = None
         for vh in config.virtual_hosts:
-            routes = tuple(_CompiledRoute(r, vh.headers, config.headers) for r in vh.routes)
+            routes = tuple(CompiledRoute(r, vh.headers, config.headers) for r in vh.routes)
             for domain in vh.domains:
                 d = domain.encode()
                 if d == b"*":
@@ -214,7 +263,7 @@ class RouteTable:
         self._suffixes = tuple(suffixes)
         self._prefixes = tuple(prefixes)
 
-    def _virtual_host(self, authority: bytes) -> tuple[_CompiledRoute, ...] | None:
+    def _virtual_host(self, authority: bytes) -> tuple[CompiledRoute, ...] | None:
         host = authority.lower()
         routes = self._exact.get(host)
         if routes is not None:
@@ -233,7 +282,7 @@ class RouteTable:
                 return routes
         return self._default
 
-    def match(self, head: RequestHead) -> _CompiledRoute | None:
+    def match(self, head: RequestHead) -> CompiledRoute | None:
         """The matching route (``.route`` is its config) with its header operations."""
         routes = self._virtual_host(head.authority)
         if routes is None:

@@ -154,12 +154,21 @@ def test_error_statuses(start_mesh):
     up.stop()
 
 
-def test_no_healthy_upstream_is_no_processor(start_mesh):
+def test_upstream_failure_and_no_healthy_upstream_are_told_apart(start_mesh):
     gm = start_mesh(bolt_config(f"127.0.0.1:{free_port()}"))
     c = BoltClient(gm.port())
     c.send(request(9, b"x"))
-    assert c.receive(1)[0]["status"] == 6
+    assert c.receive(1)[0]["status"] == 5  # refused: a communication error, not "no route"
     c.close()
+    assert gm.access()[0]["flags"] == "UF"
+    cfg = bolt_config(f"127.0.0.1:{free_port()}")
+    cfg["clusters"][0]["endpoints"] = []
+    empty = start_mesh(cfg)
+    c = BoltClient(empty.port())
+    c.send(request(10, b"x"))
+    assert c.receive(1)[0]["status"] == 6  # no host at all: no processor, as MOSN answers
+    c.close()
+    assert empty.access()[0]["flags"] == "UH"
 
 
 def test_frames_split_into_tiny_segments_and_many_in_one(start_mesh):

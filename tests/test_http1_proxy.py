@@ -244,7 +244,9 @@ def test_upstream_reset_before_response_is_502(upstream, start_mesh, curl):
 def test_upstream_garbage_is_502(start_mesh, curl):
     up = RawUpstream(lambda conn, i, head: conn.sendall(b"NOT HTTP AT ALL\r\n\r\n") or False)
     gm = start_mesh(mesh_config([up.address]))
-    assert run_curl(curl, "-i", gm.url + "/").stdout.startswith(b"HTTP/1.1 502")
+    r = run_curl(curl, "-i", gm.url + "/")
+    assert r.stdout.startswith(b"HTTP/1.1 502") and b"reset reason: protocol error" in r.stdout
+    assert gm.access()[0]["flags"] == "UPE"
 
 
 def test_upstream_timeout_is_504(upstream, start_mesh, curl):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from greenmesh.conn import Conn, ConnError, ConnTimeout
+from greenmesh.failures import LocalReply, ResetReason
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -37,7 +38,13 @@ class StreamError(Exception):
 
 
 class StreamReset(StreamError):
-    """The peer reset the stream or the connection broke."""
+    """The peer reset the stream or the connection broke; ``reason`` says which (retry
+    policies and the proxy's answer depend on it)."""
+
+    def __init__(self, message: str,
+                 reason: ResetReason = ResetReason.CONNECTION_TERMINATION):
+        super().__init__(message)
+        self.reason = reason
 
 
 class StreamTimeout(StreamError):
@@ -162,6 +169,12 @@ class ServerStream(ABC):
 
     @abstractmethod
     def send_trailers(self, trailers: Headers) -> None: ...
+
+    @abstractmethod
+    def send_local_reply(self, reply: LocalReply) -> int:
+        """Answers with greenmesh's own reply, mapped once to the protocol's wire form (HTTP:
+        status, headers and body; RPC: the status its flags map to); returns the body bytes
+        sent."""
 
     @abstractmethod
     def flush(self) -> None: ...

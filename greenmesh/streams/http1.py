@@ -8,11 +8,11 @@ read until that queue is drained, which bounds memory.
 from __future__ import annotations
 
 from collections.abc import Callable
-from http import HTTPStatus
 
 import structlog
 
 from greenmesh.conn import Conn, ConnError, ConnTimeout
+from greenmesh.failures import LocalReply, ResetReason
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -45,12 +45,16 @@ from greenmesh.streams.http1_codec import (
     response_has_body,
     response_parser,
 )
-from greenmesh.streams.http_common import clean_request_headers, local_reply_headers
+from greenmesh.streams.http_common import (
+    REASONS,
+    clean_request_headers,
+    local_reply_headers,
+    send_http_local_reply,
+)
 
 log = structlog.get_logger("greenmesh.http1")
 
 _MAX_METHOD = 24
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CLOSE = [(b"connection", b"close")]
@@ -170,7 +174,7 @@ class _ServerConnection:
         log.info("bad_request", peer=self.opts.peer, status=status, error=reason)
         body = f"{reason}\n".encode()
         try:
-            self.conn.write(encode_response_head(status, _REASONS.get(status, b""),
+            self.conn.write(encode_response_head(status, REASONS.get(status, b""),
                                                  local_reply_headers(body), _CLOSE) + body)
         except ConnError:
             pass
@@ -239,7 +243,7 @@ class Http1ServerStream(ServerStream):
         extra = ([(b"connection", b"upgrade"), (b"upgrade", self.request.upgrade)]
                  if head.status == 101 else [])
         self._w.out.append(encode_response_head(head.status, head.reason or
-                                                _REASONS.get(head.status, b""), head.headers, extra))
+                                                REASONS.get(head.status, b""), head.headers, extra))
         self._w.flush()
 
     def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
@@ -262,7 +266,7 @@ class Http1ServerStream(ServerStream):
                 or (end_stream and not self._body_done)):
             self._keep_alive = False
             extra = extra + _CLOSE
-        self._w.out.append(encode_response_head(status, head.reason or _REASONS.get(status, b""),
+        self._w.out.append(encode_response_head(status, head.reason or REASONS.get(status, b""),
                                                 headers, extra))
         if end_stream:
             self._done = True
@@ -278,6 +282,9 @@ class Http1ServerStream(ServerStream):
     def send_trailers(self, trailers: Headers) -> None:
         self._done = True
         self._w.end(trailers)
+
+    def send_local_reply(self, reply: LocalReply) -> int:
+        return send_http_local_reply(self, reply)
 
     def flush(self) -> None:
         self._w.flush()
@@ -374,7 +381,8 @@ class Http1ClientStream(ClientStream):
         events = self.events
         while not events:
             if self.parser.error is not None:
-                raise StreamReset(f"upstream protocol error: {self.parser.error}")
+                raise StreamReset(f"upstream protocol error: {self.parser.error}",
+                                  ResetReason.PROTOCOL_ERROR)
             if not block:
                 return WOULD_BLOCK
             try:
@@ -393,7 +401,8 @@ class Http1ClientStream(ClientStream):
             try:
                 self.parser.feed(data)
             except ParseError as e:
-                raise StreamReset(f"upstream protocol error: {e}") from None
+                raise StreamReset(f"upstream protocol error: {e}",
+                                  ResetReason.PROTOCOL_ERROR) from None
         return events.popleft()
 
     def read_headers(self, timeout: float | None) -> ResponseHead:
@@ -403,7 +412,8 @@ class Http1ClientStream(ClientStream):
                 self._keep_alive = head.keep_alive
                 return ResponseHead(head.status, head.headers, head.reason)
             if kind != END:  # END closes an informational (1xx) message
-                raise StreamReset("upstream sent a body before a response head")
+                raise StreamReset("upstream sent a body before a response head",
+                                  ResetReason.PROTOCOL_ERROR)
 
     def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
         if self._body_done:
@@ -418,7 +428,7 @@ class Http1ClientStream(ClientStream):
             self._body_done = True
             self.trailers = payload
             return None
-        raise StreamReset("upstream sent a second response head")
+        raise StreamReset("upstream sent a second response head", ResetReason.PROTOCOL_ERROR)
 
     @property
     def response_started(self) -> bool:

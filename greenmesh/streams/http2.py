@@ -45,6 +45,7 @@ from h2.settings import SettingCodes
 
 from greenmesh import model
 from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
+from greenmesh.failures import LocalReply, ResetReason
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -63,7 +64,11 @@ from greenmesh.streams.base import (
     Tunnel,
 )
 from greenmesh.streams.base import StreamReset as StreamResetError
-from greenmesh.streams.http_common import clean_request_headers, local_reply_headers
+from greenmesh.streams.http_common import (
+    clean_request_headers,
+    local_reply_headers,
+    send_http_local_reply,
+)
 
 log = structlog.get_logger("greenmesh.http2")
 
@@ -160,8 +165,8 @@ def new_h2(client_side: bool) -> _GracefulH2Connection:
 class _Stream:
     """One stream's end of the connection: frames waiting to be read, and who waits."""
 
-    __slots__ = ("id", "inbox", "readable", "writable", "reset_code", "got_frames", "remote_ended",
-                 "on_reset", "born")
+    __slots__ = ("id", "inbox", "readable", "writable", "reset_code", "reset_reason", "got_frames",
+                 "remote_ended", "on_reset", "born")
 
     def __init__(self, stream_id: int):
         self.id = stream_id
@@ -170,6 +175,7 @@ class _Stream:
         self.readable = Event()
         self.writable = Event()
         self.reset_code: int | None = None
+        self.reset_reason = ResetReason.LOCAL_RESET
         self.got_frames = False
         self.remote_ended = False
         self.born = 0.0  # server streams: when the request arrived (premature-reset accounting)
@@ -179,8 +185,9 @@ class _Stream:
         self.got_frames = True
         self.readable.set()
 
-    def fail(self, code: int) -> None:
+    def fail(self, code: int, reason: ResetReason) -> None:
         self.reset_code = code
+        self.reset_reason = reason
         self.readable.set()
         self.writable.set()
         if self.on_reset is not None:
@@ -299,7 +306,8 @@ class _H2Connection:
     def _on_reset(self, ev: StreamReset) -> None:
         s = self.streams.get(ev.stream_id)
         if s is not None:
-            s.fail(ev.error_code)
+            s.fail(ev.error_code, ResetReason.REMOTE_REFUSED_STREAM
+                   if ev.error_code == ErrorCodes.REFUSED_STREAM else ResetReason.REMOTE_RESET)
 
     def _on_window(self, ev: WindowUpdated) -> None:
         if ev.stream_id:
@@ -319,7 +327,7 @@ class _H2Connection:
         last = ev.last_stream_id if ev.last_stream_id is not None else 0
         for sid, s in list(self.streams.items()):
             if sid > last:
-                s.fail(ErrorCodes.REFUSED_STREAM)
+                s.fail(ErrorCodes.REFUSED_STREAM, ResetReason.REMOTE_REFUSED_STREAM)
 
     def close_after_flush(self, reason: str) -> None:
         """Closes once the writer has sent everything queued (the last responses, a GOAWAY)."""
@@ -332,9 +340,17 @@ class _H2Connection:
         self.closed = True
         for s in list(self.streams.values()):
             if s.reset_code is None:
-                s.fail(ErrorCodes.CANCEL)
+                s.fail(ErrorCodes.CANCEL, ResetReason.CONNECTION_TERMINATION)
         self.conn.close(reason)
         self.wake_writer()  # so the writer sees the close and ends
+
+    def _reset_error(self, s: _Stream) -> StreamError:
+        code = ErrorCodes(s.reset_code).name if s.reset_code is not None else "connection closed"
+        message = f"{self.side} stream reset ({code})"
+        if self.error is DownstreamError:
+            return DownstreamError(message)
+        return StreamResetError(message, s.reset_reason if s.reset_code is not None
+                                else ResetReason.CONNECTION_TERMINATION)
 
     # Stream operations, shared by server and client streams.
     def read(self, s: _Stream, timeout: float | None, block: bool):
@@ -342,7 +358,7 @@ class _H2Connection:
         inbox = s.inbox
         while not inbox:
             if s.reset_code is not None:
-                raise self.error(f"{self.side} stream reset ({ErrorCodes(s.reset_code).name})")
+                raise self._reset_error(s)
             if not block:
                 return WOULD_BLOCK
             s.readable.clear()
@@ -365,7 +381,7 @@ class _H2Connection:
         try:
             while True:
                 if s.reset_code is not None or self.closed:
-                    raise self.error(f"{self.side} stream reset")
+                    raise self._reset_error(s)
                 if not view:
                     if end_stream:
                         h2.end_stream(s.id)
@@ -391,7 +407,7 @@ class _H2Connection:
 
     def send_headers(self, s: _Stream, headers: Headers, end_stream: bool) -> None:
         if s.reset_code is not None or self.closed:
-            raise self.error(f"{self.side} stream reset")
+            raise self._reset_error(s)
         try:
             self.h2.send_headers(s.id, headers, end_stream=end_stream)
         except H2Error as e:
@@ -624,6 +640,9 @@ class Http2ServerStream(ServerStream):
     def send_trailers(self, trailers: Headers) -> None:
         self.c.send_headers(self.s, trailers, True)
         self.done = True
+
+    def send_local_reply(self, reply: LocalReply) -> int:
+        return send_http_local_reply(self, reply)
 
     def flush(self) -> None:
         self.c.wake_writer()

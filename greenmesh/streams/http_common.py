@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from greenmesh.streams.base import Headers
+from http import HTTPStatus
+
+from greenmesh.failures import LocalReply
+from greenmesh.streams.base import Headers, ResponseHead, ServerStream
+
+REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 # Envoy's list: these describe one hop and never cross the proxy. ``expect`` goes too: greenmesh
 # answers ``100-continue`` itself once it is ready for the body, as Envoy does by default.
@@ -82,3 +87,14 @@ def clean_response_headers(headers: Headers) -> Headers:
 
 def local_reply_headers(body: bytes, content_type: bytes = b"text/plain") -> Headers:
     return [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+
+
+def send_http_local_reply(stream: ServerStream, reply: LocalReply) -> int:
+    """An HTTP server stream's local reply: the status, a text body and its length."""
+    body = reply.body if stream.request.method != b"HEAD" else b""
+    head = ResponseHead(reply.status, local_reply_headers(reply.body) + list(reply.headers),
+                        REASONS.get(reply.status, b""))
+    stream.send_headers(head, end_stream=not body)
+    if body:
+        stream.send_data(body, end_stream=True)
+    return len(body)

@@ -17,22 +17,29 @@ from gevent.timeout import Timeout
 
 from greenmesh import model
 from greenmesh.conn import Conn, ConnError
+from greenmesh.failures import ResetReason
 from greenmesh.stats import Stats
 from greenmesh.streams import Protocol
-from greenmesh.streams.base import ClientConnection, ClientStream, StreamTimeout
+from greenmesh.streams.base import ClientConnection, ClientStream, StreamReset, StreamTimeout
 from greenmesh.upstream.breakers import Breakers
 
 
-class ConnectFailure(Exception):
+class ConnectFailure(StreamReset):
     """The upstream refused, was unreachable, or did not accept in time."""
 
+    def __init__(self, message: str):
+        super().__init__(message, ResetReason.CONNECTION_FAILURE)
 
-class PoolOverflow(Exception):
-    """Too many requests already wait for a connection to this host."""
+
+class PoolOverflow(StreamReset):
+    """Too many requests already wait for a connection (the max_pending_requests breaker)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, ResetReason.OVERFLOW)
 
 
-class PoolClosed(Exception):
-    """The host left the cluster while the request waited."""
+class PoolClosed(ConnectFailure):
+    """The host left the cluster while the request waited: no connection to it is coming."""
 
 
 class _Pool:

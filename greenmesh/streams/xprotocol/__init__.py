@@ -9,21 +9,11 @@ the proxy, router and pools are the same as for HTTP.
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 
+from greenmesh.failures import ResponseFlag
 from greenmesh.streams import Match
 from greenmesh.streams.base import Headers
-
-
-class Failure(enum.Enum):
-    """Why greenmesh answers an RPC itself; each codec maps these to its status codes."""
-
-    NO_ROUTE = "no_route"  # no route, no cluster, no healthy upstream
-    OVERLOAD = "overload"  # circuit breaker / pending-request overflow
-    CODEC = "codec"  # the request could not be decoded
-    TIMEOUT = "timeout"  # the upstream did not answer in time
-    UPSTREAM = "upstream"  # connect failure or reset
 
 
 class CodecError(Exception):
@@ -74,8 +64,10 @@ class XCodec(ABC):
     def heartbeat_reply(self, frame: XFrame) -> bytes: ...
 
     @abstractmethod
-    def error_response(self, request_id: int, failure: Failure,
-                       request: XFrame | None = None) -> bytes: ...
+    def error_response(self, request_id: int, flag: ResponseFlag | None, status: int,
+                       request: XFrame | None = None) -> bytes:
+        """greenmesh's own answer: the protocol's status for the flag (Envoy's response flag:
+        why greenmesh answers), or for the HTTP status when there is no flag."""
 
     @abstractmethod
     def route_info(self, frame: XFrame) -> tuple[bytes, bytes, bytes, Headers]:

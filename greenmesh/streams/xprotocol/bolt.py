@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import struct
 
+from greenmesh.failures import ResponseFlag
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import Headers
-from greenmesh.streams.xprotocol import CodecError, Failure, XCodec, XFrame
+from greenmesh.streams.xprotocol import CodecError, XCodec, XFrame
 
 REQUEST = struct.Struct(">BBHBIBiHHI")
 RESPONSE = struct.Struct(">BBHBIBHHHI")
@@ -29,15 +30,24 @@ SUCCESS, ERROR, SERVER_EXCEPTION, UNKNOWN, SERVER_BUSY, ERROR_COMM, NO_PROCESSOR
 CODEC_EXCEPTION = 9
 CONNECTION_CLOSED = 0x10
 
-_FAILURE_STATUS = {
-    Failure.NO_ROUTE: NO_PROCESSOR,
-    Failure.OVERLOAD: SERVER_BUSY,
-    Failure.CODEC: CODEC_EXCEPTION,
-    Failure.TIMEOUT: TIMEOUT,
-    Failure.UPSTREAM: ERROR_COMM,
+# Why greenmesh answers -> what a bolt client reads (MOSN's mapping, with upstream connection
+# failures told apart from a missing route).
+_FLAG_STATUS = {
+    ResponseFlag.NO_ROUTE_FOUND: NO_PROCESSOR,
+    ResponseFlag.NO_CLUSTER_FOUND: NO_PROCESSOR,
+    ResponseFlag.NO_HEALTHY_UPSTREAM: NO_PROCESSOR,
+    ResponseFlag.UPSTREAM_OVERFLOW: SERVER_BUSY,
+    ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR: CODEC_EXCEPTION,
+    ResponseFlag.UPSTREAM_REQUEST_TIMEOUT: TIMEOUT,
+    ResponseFlag.STREAM_IDLE_TIMEOUT: TIMEOUT,
+    ResponseFlag.UPSTREAM_CONNECTION_FAILURE: ERROR_COMM,
+    ResponseFlag.UPSTREAM_CONNECTION_TERMINATION: ERROR_COMM,
+    ResponseFlag.UPSTREAM_PROTOCOL_ERROR: ERROR_COMM,
+    ResponseFlag.INTERNAL_ERROR: SERVER_EXCEPTION,
 }
 _HTTP_STATUS = {SUCCESS: 200, SERVER_BUSY: 503, TIMEOUT: 504, NO_PROCESSOR: 404,
                 CONNECTION_CLOSED: 502, ERROR_COMM: 502}
+_STATUS_FROM_HTTP = {200: SUCCESS, 404: NO_PROCESSOR, 503: SERVER_BUSY, 504: TIMEOUT}
 
 
 class BoltFrame(XFrame):
@@ -157,11 +167,13 @@ class BoltCodec(XCodec):
         return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_HEARTBEAT, 1, frame.request_id,
                              frame.codec, SUCCESS, 0, 0, 0)
 
-    def error_response(self, request_id: int, failure: Failure,
-                       request: BoltFrame | None = None) -> bytes:
+    def error_response(self, request_id: int, flag: ResponseFlag | None, status: int,
+                       request: BoltFrame | None = None) -> bytes:  # type: ignore[override]
         codec = request.codec if request is not None else HESSIAN2
-        return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_RESPONSE, 1, request_id, codec,
-                             _FAILURE_STATUS[failure], 0, 0, 0)
+        code = (_FLAG_STATUS.get(flag, UNKNOWN) if flag is not None
+                else _STATUS_FROM_HTTP.get(status, UNKNOWN))
+        return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_RESPONSE, 1, request_id, codec, code,
+                             0, 0, 0)
 
     def route_info(self, frame: BoltFrame) -> tuple[bytes, bytes, bytes, Headers]:
         service = frame.get(b"service") or frame.get(b"sofa_head_target_service") or b""

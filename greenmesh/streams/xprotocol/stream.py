@@ -22,6 +22,7 @@ from gevent.timeout import Timeout
 
 from greenmesh import model
 from greenmesh.conn import STALL_TIMEOUT, BatchWriter, Conn, ConnError
+from greenmesh.failures import LocalReply, ResponseFlag
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import (
     Chunk,
@@ -39,7 +40,7 @@ from greenmesh.streams.base import (
     StreamTimeout,
     Tunnel,
 )
-from greenmesh.streams.xprotocol import CodecError, Failure, XCodec, XFrame
+from greenmesh.streams.xprotocol import CodecError, XCodec, XFrame
 
 log = structlog.get_logger("greenmesh.xprotocol")
 
@@ -68,19 +69,6 @@ class _WriteQueue(BatchWriter):
         pending.clear()
         self._pending_bytes = 0
         return data
-
-
-def _failure(status: int, headers: Headers) -> Failure:
-    """What the proxy's local reply (an HTTP status) means for an RPC client."""
-    if status == 504:
-        return Failure.TIMEOUT
-    if status == 503 and any(n == b"x-envoy-overloaded" for n, _ in headers):
-        return Failure.OVERLOAD
-    if status in (404, 503):
-        return Failure.NO_ROUTE
-    if status == 400:
-        return Failure.CODEC
-    return Failure.UPSTREAM
 
 
 class _ServerConnection:
@@ -129,7 +117,8 @@ class _ServerConnection:
 
     def _codec_error(self, e: CodecError) -> None:
         log.info("bad_request", peer=self.opts.peer, protocol=self.codec.name, error=str(e))
-        self.writer.send(self.codec.error_response(e.request_id, Failure.CODEC))
+        self.writer.send(self.codec.error_response(
+            e.request_id, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, 400))
         self.writer.close_after_flush(f"codec error: {e}")
         gevent.sleep(0)  # let the writer send it before the connection goes
 
@@ -193,24 +182,29 @@ class XServerStream(_WholeFrames, ServerStream):
         pass
 
     def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
+        native = head.native
+        if isinstance(native, XFrame) and not native.is_request and \
+                type(native) is type(self.frame):
+            self._send(lambda codec, frame: codec.with_request_id(native, frame.request_id))
+        else:  # not a response of this protocol: its status is all there is to say
+            self._send(lambda codec, frame: codec.error_response(frame.request_id, None,
+                                                                 head.status, frame))
+
+    def send_local_reply(self, reply: LocalReply) -> int:
+        self._send(lambda codec, frame: codec.error_response(frame.request_id, reply.flag,
+                                                             reply.status, frame))
+        return 0
+
+    def _send(self, encode: Callable[[XCodec, XFrame], bytes]) -> None:
+        """The one response, under the client's own request id (none for oneway calls)."""
         if self._done:
             return
         self._done = True
-        frame = self.frame
-        if frame.oneway:
-            return  # nobody waits for an answer
-        codec = self.sc.codec
-        native = head.native
-        if isinstance(native, XFrame) and not native.is_request and type(native) is type(frame):
-            data = codec.with_request_id(native, frame.request_id)  # back under the client's id
-        else:
-            data = codec.error_response(frame.request_id, _failure(head.status, head.headers),
-                                        frame)
-        self.sc.writer.send(data)
+        if not self.frame.oneway:
+            self.sc.writer.send(encode(self.sc.codec, self.frame))
 
     def reset(self, reason: str) -> None:
-        if not self._done:
-            self.send_headers(ResponseHead(502, []), True)
+        self.send_local_reply(LocalReply(502, [ResponseFlag.UPSTREAM_CONNECTION_TERMINATION]))
 
     @property
     def response_started(self) -> bool:
