@@ -59,7 +59,7 @@ class Mesh:
             self.stop(timeout=0)
             raise
         if cfg.xds is not None:
-            from greenmesh.xds import XdsClient
+            from greenmesh.xds.client import XdsClient
             self.xds = XdsClient(cfg.xds, self)
             self.xds.start()
         self.running = True

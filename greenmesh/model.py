@@ -48,8 +48,11 @@ class OutlierDetection:
     """Envoy's passive health: hosts failing in a row are ejected for a while (longer each
     time), never more than max_ejection_percent of them (but always one)."""
 
-    consecutive_5xx: int = 5  # 5xx responses, connect failures and resets; 0: off
-    consecutive_gateway_failure: int = 0  # 502/503/504, connect failures and resets; 0: off
+    consecutive_5xx: int = 5  # 5xx responses, connect failures and resets
+    consecutive_gateway_failure: int = 5  # 502/503/504, connect failures and resets
+    # The chance (%) that an ejection a rule calls for happens (Envoy's enforcing_*).
+    enforcing_consecutive_5xx: int = 100
+    enforcing_consecutive_gateway_failure: int = 0
     base_ejection_time: float = 30.0
     max_ejection_time: float = 300.0
     max_ejection_percent: int = 10
@@ -85,7 +88,7 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
     protocol: str = "http1"
     lb_policy: str = "round_robin"
-    connect_timeout: float = 1.0
+    connect_timeout: float = 5.0  # Envoy's default
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     # Idle pooled connections are closed after this long.
     idle_timeout: float = 60.0

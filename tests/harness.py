@@ -223,3 +223,15 @@ def raw_request(port: int, data: bytes, *, timeout: float = 5.0, read_until_clos
                 break
             out += chunk
         return out
+
+
+def convert_resource(build, message) -> tuple:
+    """An xDS resource (an envoy-data-plane message) through greenmesh's converter ``build``,
+    as the xDS client does it: (model, warnings); fails the test on errors."""
+    from greenmesh.config.reader import Reader
+    from greenmesh.streams import default_registry
+    from greenmesh.xds.resources import json_form
+    r = Reader(default_registry().names(), strict=False)
+    built = build(r, json_form(message), "resource")
+    assert not r.errors, r.errors
+    return built, r.warnings

@@ -75,7 +75,7 @@ def test_validate_reports_every_error_with_its_path(tmp_path):
                  .replace("protocol: http1, route", "protocol: gopher, route"))
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.splitlines() == [
-        "listeners[0].protocol: expected one of http1, http2, bolt, auto",
+        "listeners[0].protocol: expected one of bolt, http1, http2, auto",
         "route_configs[0].virtual_hosts[0].routes[0].route.timeout: "
         "expected a duration such as 15s or 250ms",
         "clusters[0].endpoints[0].address: expected host:port",
@@ -124,9 +124,9 @@ def test_cross_references_and_duplicates():
       - {name: c, endpoints: ["127.0.0.1:9"]}
     """)
     assert errs == [
-        "listeners[1].name: duplicate listener name 'a'",
         "route_configs[0].virtual_hosts[1].domains[0]: domain 'x.com' already used by "
         "virtual host 'v'",
+        "listeners[1].name: duplicate listener name 'a'",
         "listeners[0].route_config: unknown route config 'nope'",
         "route_configs[0].virtual_hosts[1].routes[0].route.cluster: unknown cluster 'gone'",
     ]

@@ -133,7 +133,9 @@ def test_outlier_config_errors():
     with pytest.raises(ConfigError) as e:
         load_dict(cfg)
     assert e.value.errors == ["clusters[0].outlier_detection.base_ejection_time: expected a "
-                              "duration such as 15s or 250ms"]
+                              "duration such as 15s or 250ms",
+                              "clusters[0].outlier_detection.max_ejection_percent: expected at "
+                              "most 100"]
 
 
 def test_health_checks_flip_hosts_out_and_back(upstream, start_mesh):
@@ -293,6 +295,7 @@ def test_consecutive_gateway_failures_eject_but_other_5xx_do_not():
     from greenmesh.upstream.manager import ClusterManager
     cm = ClusterManager(default_registry(), Stats())
     od = model.OutlierDetection(consecutive_5xx=0, consecutive_gateway_failure=2,
+                                enforcing_consecutive_gateway_failure=100,
                                 max_ejection_percent=100)
     eps = tuple(model.Endpoint(model.Address("127.0.0.1", 9100 + i)) for i in range(2))
     cm.update([model.Cluster(name="g", endpoints=eps, outlier_detection=od)])

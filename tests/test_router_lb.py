@@ -202,7 +202,8 @@ def test_eds_localities_and_priorities_convert():
         LocalityLbEndpoints,
     )
 
-    from greenmesh import xds_convert
+    from greenmesh.config.clusters import load_assignment
+    from tests.harness import convert_resource
     from tests.test_xds import addr
 
     def loc(weight, priority, *hosts):
@@ -212,7 +213,7 @@ def test_eds_localities_and_priorities_convert():
     cla = ClusterLoadAssignment(cluster_name="c", endpoints=[
         loc(1, 0, "10.0.0.1:80"), loc(3, 0, "10.0.0.2:80", "10.0.0.3:80"),
         loc(1, 1, "10.0.1.1:80")])
-    eps = xds_convert.load_assignment(cla, xds_convert.Conversion())
+    eps, _ = convert_resource(load_assignment, cla)
     weights = {e.address.host: (e.weight, e.priority) for e in eps}
     # The 3x locality splits its weight over two hosts: 1500 each against 1000.
     assert weights == {"10.0.0.1": (1000, 0), "10.0.0.2": (1500, 0), "10.0.0.3": (1500, 0),

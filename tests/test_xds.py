@@ -361,7 +361,9 @@ def test_cluster_resilience_fields_convert():
     from envoy_data_plane.envoy.config.core.v3 import HealthCheck, HealthCheckHttpHealthCheck
     from envoy_data_plane.envoy.type.v3 import Int64Range
 
-    from greenmesh import model, xds_convert
+    from greenmesh import model
+    from greenmesh.config.clusters import cluster
+    from tests.harness import convert_resource
     c = static_cluster("svc", "127.0.0.1:1")
     c.lb_policy = ClusterLbPolicy.MAGLEV
     c.health_checks = [HealthCheck(
@@ -374,11 +376,100 @@ def test_cluster_resilience_fields_convert():
                                            max_ejection_percent=50)
     c.circuit_breakers = CircuitBreakers(thresholds=[CircuitBreakersThresholds(
         max_requests=100, max_retries=1, max_connections=10)])
-    conv = xds_convert.Conversion()
-    m = xds_convert.cluster(c, conv)
-    assert conv.warnings == []  # every field set was converted
+    m, warnings = convert_resource(cluster, c)
+    assert warnings == []  # every field set was converted
     assert m.lb_policy == "maglev"
     assert m.health_check == model.HealthCheck("/healthz", ((200, 300),), 2.0, 0.5, 2, 3)
-    assert m.outlier_detection == model.OutlierDetection(3, 0, 10.0, 300.0, 50)
+    assert m.outlier_detection == model.OutlierDetection(
+        consecutive_5xx=3, base_ejection_time=10.0, max_ejection_percent=50)
     cb = m.circuit_breakers
     assert (cb.max_requests, cb.max_retries, cb.max_connections) == (100, 1, 10)
+
+
+def test_undecodable_resource_is_the_control_planes_error(cp, start_mesh, ups):
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    cp.set_packed(CDS, {"junk": Any(type_url=CDS, value=b"\x0a\xff\xff")})
+    assert cp.wait_for(lambda: cp.nacks(CDS))
+    assert cp.nacks(CDS)[0].error_detail.message.startswith(
+        "cluster [0]: does not decode as type.googleapis.com/envoy.config.cluster.v3.Cluster: ")
+    assert get(port) == (200, "up1")
+    events = [e["event"] for e in gm.logs()]
+    assert "xds_nack" in events and "xds_internal_error" not in events
+
+
+INTERNAL_BUG = """
+import sys
+from gevent import monkey
+monkey.patch_all()
+from greenmesh.config import load_dict
+from greenmesh.log import configure
+from greenmesh.mesh import Mesh
+from greenmesh.xds.resources import CDS
+
+configure("info", "json")
+cp_port, admin_port = int(sys.argv[1]), int(sys.argv[2])
+mesh = Mesh(load_dict({"admin": {"address": f"127.0.0.1:{admin_port}"},
+                       "xds": {"server": f"127.0.0.1:{cp_port}", "node": {"id": "n"}}}))
+mesh.start()
+
+def buggy(resources):
+    raise ZeroDivisionError("a bug in a handler")
+
+mesh.xds.register(CDS, buggy, wildcard=True)  # before the xDS greenlet first runs
+mesh.wait()
+"""
+
+
+def test_a_greenmesh_bug_is_logged_and_counted_not_blamed_on_the_resources(cp, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT, wait_port
+    admin = free_port()
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", INTERNAL_BUG, str(cp.port), str(admin)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(admin, proc)
+        cp.set(CDS, [static_cluster("dyn", "127.0.0.1:1")])
+        assert cp.wait_for(lambda: cp.nacks(CDS))
+        assert cp.nacks(CDS)[0].error_detail.message == (
+            "greenmesh internal error applying these resources (ZeroDivisionError); not a "
+            "problem of the resources: see greenmesh's log")
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        conn.request("GET", "/stats")
+        assert "xds.internal_errors: 1" in conn.getresponse().read().decode()
+        entries = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+        (bug,) = [e for e in entries if e["event"] == "xds_internal_error"]
+        assert bug["level"] == "error" and "ZeroDivisionError" in bug["exception"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def test_bolt_over_cds(cp, start_mesh):
+    from envoy_data_plane.envoy.config.core.v3 import Metadata
+    from envoy_data_plane.google.protobuf import Struct
+
+    from tests.boltpeer import BoltClient, BoltServer, request
+    from tests.test_bolt import bolt_config
+    up = BoltServer()
+    cfg = bolt_config("127.0.0.1:1")
+    cfg["clusters"] = []
+    cfg["xds"] = {"server": f"127.0.0.1:{cp.port}", "node": {"id": "n"}}
+    cfg["route_configs"][0]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "rpc"
+    gm = start_mesh(cfg)
+    c = static_cluster("rpc", up.address)
+    c.metadata = Metadata(filter_metadata={"greenmesh": Struct.from_dict({"protocol": "bolt"})})
+    cp.set(CDS, [c])
+    assert cp.wait_for(lambda: cp.acks(CDS) and cp.acks(CDS)[-1].version_info == "1")
+    client = BoltClient(gm.port())
+    client.send(request(7, b"over xds"))
+    (answer,) = client.receive(1)
+    assert (answer["status"], answer["content"]) == (0, b"echo:over xds")
+    client.close()
+    up.stop()

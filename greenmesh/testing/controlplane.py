@@ -86,6 +86,12 @@ class ControlPlane:
         packed = {resource_name(r): Any.pack(r) for r in resources}  # once, not per stream
         with self.lock:
             self.resources[type_url] = {resource_name(r): r for r in resources}
+        return self.set_packed(type_url, packed)
+
+    def set_packed(self, type_url: str, packed: dict[str, Any]) -> int:
+        """Pushes resources as they are given, packed (a test may send bytes that are not the
+        type they claim to be)."""
+        with self.lock:
             self.packed[type_url] = packed
             self.versions[type_url] += 1
             version = self.versions[type_url]

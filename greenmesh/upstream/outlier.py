@@ -3,6 +3,7 @@ while, longer each time, never more than max_ejection_percent of the cluster (bu
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from greenmesh import model
@@ -16,9 +17,14 @@ def record(od: model.OutlierDetection, health: HostHealth, status: int) -> bool:
     gateway = status == 0 or status in (502, 503, 504)
     health.consecutive_5xx = health.consecutive_5xx + 1 if failed else 0
     health.consecutive_gateway = health.consecutive_gateway + 1 if gateway else 0
-    return bool((od.consecutive_5xx and health.consecutive_5xx >= od.consecutive_5xx) or
-                (od.consecutive_gateway_failure
-                 and health.consecutive_gateway >= od.consecutive_gateway_failure))
+    return ((0 < od.consecutive_5xx <= health.consecutive_5xx
+             and _enforced(od.enforcing_consecutive_5xx)) or
+            (0 < od.consecutive_gateway_failure <= health.consecutive_gateway
+             and _enforced(od.enforcing_consecutive_gateway_failure)))
+
+
+def _enforced(percent: int) -> bool:
+    return percent >= 100 or (percent > 0 and random.random() * 100 < percent)
 
 
 def eject(od: model.OutlierDetection, health: HostHealth, cluster: Sequence[HostHealth],

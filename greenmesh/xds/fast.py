@@ -6,7 +6,8 @@ milliseconds. envoy-data-plane ships no descriptors, so a schema for just the me
 is generated here from envoy-data-plane's own field metadata (numbers and types are read, not
 copied by hand). Fields greenmesh does not read are declared as opaque bytes/varints, so it can
 tell that they are set: the fast path then returns None and the full path decides, with its
-warnings and refusals. The result is the same endpoints the full path converts.
+warnings and refusals (``greenmesh.config.clusters.load_assignment``). The result is the same
+endpoints the full path converts; tests compare the two.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from collections.abc import Callable
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from greenmesh import model
+from greenmesh.config.clusters import SKIPPED_HEALTH
 
 _PACKAGE = "greenmesh.eds_subset"
 _LENGTH_DELIMITED = ("string", "bytes", "message", "map")
-_SKIP_HEALTH = (2, 3, 4)  # UNHEALTHY, DRAINING, TIMEOUT
 
 # message -> {field: (submessage, repeated)} for the fields the fast path descends into.
 _SHAPE = {
@@ -42,6 +43,13 @@ _READ = {
     "Address": {"socket_address"},
     "SocketAddress": {"address", "port_value"},
 }
+
+
+@functools.cache
+def _skipped_health() -> frozenset[int]:
+    """The health statuses the converters skip, as the numbers on the wire."""
+    from envoy_data_plane.envoy.config.core.v3 import HealthStatus
+    return frozenset(HealthStatus[name].value for name in SKIPPED_HEALTH)
 
 
 def _classes() -> dict[str, type]:
@@ -93,6 +101,7 @@ def _cla_class() -> type:
 def prepare() -> None:
     """Builds the schema now (about 0.1 s) rather than at the first EDS push."""
     _cla_class()
+    _skipped_health()
 
 
 def _only(msg, name: str) -> bool:
@@ -109,6 +118,7 @@ def load_assignment(raw: bytes, pause: Callable[[], None] = lambda: None
         return None
     out = []
     append = out.append
+    skipped = _skipped_health()
     Endpoint, Address = model.Endpoint, model.Address
     for locality in cla.endpoints:
         if not _only(locality, "LocalityLbEndpoints"):
@@ -117,7 +127,7 @@ def load_assignment(raw: bytes, pause: Callable[[], None] = lambda: None
             pause()
             if not _only(lb, "LbEndpoint"):
                 return None
-            if lb.health_status in _SKIP_HEALTH:
+            if lb.health_status in skipped:
                 continue
             ep = lb.endpoint
             address = ep.address

@@ -8,9 +8,12 @@ convert the resources and update the mesh, then report ACK or NACK back to the s
 State of the world: CDS and LDS are wildcard subscriptions; EDS follows the EDS clusters and RDS
 the route names the listeners reference. A resource that fails to convert NACKs the whole
 response (previous version, the nonce, an error_detail naming resource and field) and the old
-config keeps serving. When the control plane goes away greenmesh keeps serving what it has,
-reconnects with exponential backoff and jitter, and resubscribes with the versions and names
-it knows.
+config keeps serving. Resources are decoded into Envoy's JSON form and go through the same
+converters as the YAML file (``greenmesh.config``). Only the resources' own problems are NACKed
+as such; a bug in greenmesh is logged as one and counted, and the NACK says it was greenmesh's.
+
+When the control plane goes away greenmesh keeps serving what it has, reconnects with
+exponential backoff and jitter, and resubscribes with the versions and names it knows.
 """
 
 from __future__ import annotations
@@ -25,28 +28,37 @@ import gevent.queue
 import grpc
 import structlog
 
-from greenmesh import model, xds_convert, xds_fast
+from greenmesh import model
+from greenmesh.config.clusters import cluster, load_assignment
+from greenmesh.config.listeners import listener
+from greenmesh.config.reader import Reader
+from greenmesh.config.routes import route_config
 from greenmesh.cooperate import Slicer
+from greenmesh.xds import fast
+from greenmesh.xds.resources import (
+    CDS,
+    EDS,
+    KINDS,
+    LDS,
+    RDS,
+    DecodeError,
+    ResourceError,
+    decode,
+    load_message_types,
+    name_of,
+)
 
 if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
 
 log = structlog.get_logger("greenmesh.xds")
 
-CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
-LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
-RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 MAX_BACKOFF = 30.0
 
 
 def _messages():
-    """envoy-data-plane is heavy to import (~0.5 s): only a mesh with xDS pays for it."""
-    from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import (  # noqa: F401,E501
-        v3,
-    )
-    from envoy_data_plane.envoy.extensions.upstreams.http import v3 as _http  # noqa: F401
+    load_message_types()
     from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
     from envoy_data_plane.google.rpc import Status
     return DiscoveryRequest, DiscoveryResponse, Status
@@ -95,7 +107,7 @@ class XdsClient:
         import grpc.experimental.gevent as grpc_gevent
         grpc_gevent.init_gevent()  # before any channel, or grpcio deadlocks under gevent
         self._messages = _messages()
-        xds_fast.prepare()
+        fast.prepare()
         self._main = gevent.spawn(self._run)
 
     def stop(self) -> None:
@@ -181,23 +193,51 @@ class XdsClient:
         try:
             resources = list(response.resources)  # Any: each handler decodes its own way
             handler(resources)
+        except ResourceError as e:  # the control plane's: refused, the old config serves
+            detail = str(e)
         except Exception as e:
-            # Refused resources and converter bugs alike: NACK, keep the old config and the
-            # stream (a bug must not turn into a reconnect loop).
-            if isinstance(e, xds_convert.ConvertError | TypeError | ValueError | KeyError):
-                detail = str(e)
-            else:
-                log.exception("xds_convert_failed", type_url=type_url)
-                detail = f"internal error converting the resources: {e!r}"
-            log.warning("xds_nack", type_url=type_url, version=response.version_info,
-                        error=detail)
-            self.mesh.stats.inc("xds.nack")
-            self._outbox.put(("nack", type_url, response.nonce, detail))
+            # greenmesh's own bug: said so, counted, and NACKed (nothing was applied) without
+            # blaming the resources; the stream stays (a bug must not become a reconnect loop).
+            log.exception("xds_internal_error", type_url=type_url,
+                          version=response.version_info)
+            self.mesh.stats.inc("xds.internal_errors")
+            detail = (f"greenmesh internal error applying these resources ({type(e).__name__}); "
+                      "not a problem of the resources: see greenmesh's log")
+        else:
+            self.mesh.stats.inc("xds.ack")
+            log.info("xds_ack", type_url=type_url.rsplit(".", 1)[1],
+                     version=response.version_info, resources=len(resources))
+            self._outbox.put(("ack", type_url, response.version_info, response.nonce))
             return
-        self.mesh.stats.inc("xds.ack")
-        log.info("xds_ack", type_url=type_url.rsplit(".", 1)[1], version=response.version_info,
-                 resources=len(resources))
-        self._outbox.put(("ack", type_url, response.version_info, response.nonce))
+        log.warning("xds_nack", type_url=type_url, version=response.version_info, error=detail)
+        self.mesh.stats.inc("xds.nack")
+        self._outbox.put(("nack", type_url, response.nonce, detail))
+
+    def _convert(self, type_url: str, resources: list, build: Callable[[Reader, Any, str], Any]
+                 ) -> list[tuple[str, Any]]:
+        """(name, model) of every resource, decoded and converted with the config converters;
+        raises ResourceError with every problem found, after logging what is not honoured."""
+        r = Reader(self.mesh.registry.names(), strict=False)
+        kind = KINDS[type_url]
+        out = []
+        for i, a in enumerate(resources):
+            try:
+                d = decode(a)
+            except DecodeError as e:
+                r.error(f"{kind} [{i}]", str(e))
+                continue
+            name = name_of(d)
+            where = f"{kind} {name!r}" if name else f"{kind} [{i}]"
+            built = build(r, d, where)
+            if built is None and not r.errors:
+                r.error(where, "could not be converted")
+            out.append((name, built))
+        for w in r.warnings:
+            log.warning("xds_not_honoured", detail=w)
+            self.mesh.stats.inc("xds.warnings")
+        if r.errors:
+            raise ResourceError(r.errors)
+        return out
 
     def _subscribe(self, type_url: str, names: set[str]) -> None:
         st = self.state[type_url]
@@ -205,17 +245,9 @@ class XdsClient:
             st.names = names
             self._outbox.put(("subscribe", type_url))
 
-    def _warnings(self, conv: xds_convert.Conversion) -> None:
-        for w in conv.warnings:
-            log.warning("xds_not_honoured", detail=w)
-            self.mesh.stats.inc("xds.warnings")
-
     # -- handlers --------------------------------------------------------------------------
     def _on_clusters(self, resources: list) -> None:
-        conv = xds_convert.Conversion()
-        clusters = {c.name: c for c in (xds_convert.cluster(a.unpack(), conv)
-                                         for a in resources)}
-        self._warnings(conv)
+        clusters = {c.name: c for _, c in self._convert(CDS, resources, cluster)}
         self._clusters = clusters
         eds = {c.eds_service_name for c in clusters.values() if c.eds_service_name}
         for name in eds - set(self._endpoints) - self._warm_expired:
@@ -230,16 +262,17 @@ class XdsClient:
             self._apply_clusters()
 
     def _on_endpoints(self, resources: list) -> None:
-        conv = xds_convert.Conversion()
         update = {}
+        slow = []
         slicer = Slicer()
         for a in resources:
-            fast = xds_fast.load_assignment(a.value, pause=slicer.tick)
-            if fast is None:  # it sets more than the fast path reads: the full conversion
-                cla = a.unpack()
-                fast = cla.cluster_name, xds_convert.load_assignment(cla, conv)
-            update[fast[0]] = fast[1]
-        self._warnings(conv)
+            quick = fast.load_assignment(a.value, pause=slicer.tick)
+            if quick is None:  # it sets more than the fast path reads: the full conversion
+                slow.append(a)
+            else:
+                update[quick[0]] = quick[1]
+        if slow:
+            update.update(self._convert(EDS, slow, load_assignment))
         self._endpoints.update(update)
         self._apply_clusters()
 
@@ -261,9 +294,7 @@ class XdsClient:
                   ms=round((time.monotonic() - started) * 1000, 1))
 
     def _on_listeners(self, resources: list) -> None:
-        conv = xds_convert.Conversion()
-        pairs = [xds_convert.listener(a.unpack(), conv) for a in resources]
-        self._warnings(conv)
+        pairs = [built for _, built in self._convert(LDS, resources, listener)]
         self._listeners = [lst for lst, _ in pairs]
         self._inline_routes = {rc.name: rc for _, rc in pairs if rc is not None}
         self._subscribe(RDS, {lst.route_config for lst, rc in pairs if rc is None})
@@ -272,9 +303,6 @@ class XdsClient:
                                 listeners=self._listeners)
 
     def _on_routes(self, resources: list) -> None:
-        conv = xds_convert.Conversion()
-        self._rds_routes = {rc.name: rc for rc in
-                            (xds_convert.route_config(a.unpack(), conv) for a in resources)}
-        self._warnings(conv)
+        self._rds_routes = {rc.name: rc for _, rc in self._convert(RDS, resources, route_config)}
         self.mesh.apply_dynamic(route_configs=[*self._rds_routes.values(),
                                                *self._inline_routes.values()])

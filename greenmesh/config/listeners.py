@@ -1,0 +1,154 @@
+"""Listeners (Envoy's Listener and its HTTP connection manager) -> the model, for the YAML file
+and LDS alike.
+
+greenmesh's short spelling (``address: host:port``, ``protocol``, ``route_config``, ``tls``) and
+Envoy's (``address.socket_address``, one filter chain holding an HTTP connection manager with
+``rds`` or an inline ``route_config``, a TLS transport socket) say the same things. A listener's
+own settings that Envoy has no field for reach it from a control plane under its
+``metadata.filter_metadata.greenmesh`` (``protocol: bolt``, ``max_connections``...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from greenmesh import model
+from greenmesh.config.clusters import socket_address
+from greenmesh.config.reader import (
+    INVALID,
+    Reader,
+    boolean,
+    duration,
+    join,
+    one_of,
+    own_settings,
+    positive,
+    string,
+    typed,
+)
+from greenmesh.config.reader import address as host_port
+from greenmesh.config.routes import route_config
+from greenmesh.config.tls import downstream_tls, tls_server
+
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+ROUTER = "envoy.filters.http.router"
+_INSPECTORS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
+_CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
+_OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log")
+
+
+def listener(r: Reader, v: Any, path: str
+             ) -> tuple[model.Listener, model.RouteConfig | None] | None:
+    """The listener, and its inline route config if it has one (named after the listener
+    unless it names itself)."""
+    obj = r.mapping(v, path, ("name", "address", "filter_chains", "metadata", "stat_prefix",
+                              "listener_filters", "route_config", "tls", *_OWN),
+                    refuse=("default_filter_chain",))
+    if obj is None:
+        return None
+    mark = r.mark()
+    name = r.field(obj, path, "name", string)
+    if isinstance(obj.get("address"), dict):
+        address = socket_address(r, obj["address"], join(path, "address"), allow_port_0=True)
+    else:
+        address = r.field(obj, path, "address", host_port)
+    own = own_settings(r, obj, path, _OWN, _OWN)
+    for p, f in r.items(obj, path, "listener_filters"):
+        if not isinstance(f, dict) or f.get("name") not in _INSPECTORS:
+            r.error(p, f"only {', '.join(_INSPECTORS)} (which greenmesh always does)")
+    values: dict[str, Any] = {}
+    inline = None
+    tls = None
+    if obj.get("filter_chains") is not None:
+        for key in ("route_config", "tls"):
+            if obj.get(key) is not None:
+                r.error(join(path, key), "give filter_chains or route_config/tls, not both")
+        chain = _filter_chain(r, obj, path, own, values)
+        if chain is not None:
+            inline, tls = chain
+    else:
+        values["route_config"] = r.field(obj, path, "route_config", string)
+        tls = r.section(obj, path, "tls", tls_server)
+    if "protocol" not in values:
+        src, src_path = own.get("protocol", (obj, path))
+        values["protocol"] = r.field(src, src_path, "protocol",
+                                     one_of((*r.protocols, "auto")), "http1")
+    d = model.Listener.__dataclass_fields__
+    for key, convert in (("max_connections", positive), ("max_request_headers_kb", positive),
+                         ("idle_timeout", duration), ("access_log", boolean)):
+        if key not in values or key in own:
+            src, src_path = own.get(key, (obj, path))
+            values[key] = r.field(src, src_path, key, convert, d[key].default)
+    if r.failed_since(mark) or name is None or address is None or tls is INVALID:
+        return None
+    if inline is not None and values["route_config"] is None:
+        inline = model.RouteConfig(f"{name}-inline", inline.virtual_hosts, inline.headers)
+        values["route_config"] = inline.name
+    return model.Listener(name=name, address=address, tls=tls, **values), inline
+
+
+def _filter_chain(r: Reader, obj: dict, path: str, own: dict[str, tuple[dict, str]],
+                  values: dict[str, Any]) -> tuple[model.RouteConfig | None, Any] | None:
+    """The one filter chain: its HTTP connection manager and TLS transport socket."""
+    chains = r.items(obj, path, "filter_chains", required=True)
+    if len(chains) != 1:
+        r.error(join(path, "filter_chains"), "expected exactly one filter chain")
+        return None
+    cpath, chain = chains[0]
+    c = r.mapping(chain, cpath, ("filters", "name", "transport_socket"),
+                  refuse=("filter_chain_match",))
+    if c is None:
+        return None
+    tls = r.section(c, cpath, "transport_socket", downstream_tls)
+    filters = r.items(c, cpath, "filters", required=True)
+    if len(filters) != 1:
+        r.error(join(cpath, "filters"), "expected one http_connection_manager")
+        return None
+    fpath, f = filters[0]
+    fo = r.mapping(f, fpath, ("name", "typed_config"))
+    if fo is None:
+        return None
+    inline = _hcm(r, fo.get("typed_config"), join(fpath, "typed_config"), own, values)
+    return inline, tls
+
+
+def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
+         values: dict[str, Any]) -> model.RouteConfig | None:
+    """Envoy's HttpConnectionManager: codec, routes (RDS or inline), header limits."""
+    hcm = typed(r, v, path, "HttpConnectionManager",
+                ("codec_type", "stat_prefix", "rds", "route_config", "http_filters",
+                 "max_request_headers_kb", "common_http_protocol_options"),
+                refuse=("scoped_routes",))
+    if hcm is None:
+        return None
+    codec = r.field(hcm, path, "codec_type", one_of(_CODECS), "AUTO")
+    if "protocol" in own and codec not in (None, "AUTO"):
+        src, src_path = own["protocol"]
+        r.error(join(src_path, "protocol"), f"contradicts {join(path, 'codec_type')}")
+    elif "protocol" not in own and codec is not None:
+        values["protocol"] = _CODECS[codec]
+    for p, f in r.items(hcm, path, "http_filters"):
+        if not isinstance(f, dict) or (f.get("name") != ROUTER and not str(
+                (f.get("typed_config") or {}).get("@type", "")).endswith(".Router")):
+            r.not_honoured(p, f"{(f or {}).get('name')!r}: not supported yet, skipped")
+    if hcm.get("max_request_headers_kb") is not None:
+        values["max_request_headers_kb"] = r.field(hcm, path, "max_request_headers_kb", positive)
+    if hcm.get("common_http_protocol_options") is not None:
+        opath = join(path, "common_http_protocol_options")
+        o = r.mapping(hcm["common_http_protocol_options"], opath, ("idle_timeout",))
+        if o is not None and o.get("idle_timeout") is not None:
+            values["idle_timeout"] = r.field(o, opath, "idle_timeout", duration)
+    if (hcm.get("rds") is None) == (hcm.get("route_config") is None):
+        r.error(path, "expected rds or route_config")
+        return None
+    if hcm.get("rds") is not None:
+        rpath = join(path, "rds")
+        rds = r.mapping(hcm["rds"], rpath, ("route_config_name", "config_source"))
+        values["route_config"] = r.field(rds, rpath, "route_config_name", string) \
+            if rds is not None else None
+        return None
+    rc = hcm["route_config"]
+    inline = route_config(r, rc, join(path, "route_config"),
+                          name=(rc.get("name") if isinstance(rc, dict) else None) or "")
+    values["route_config"] = inline.name if inline is not None and inline.name else None
+    return inline
