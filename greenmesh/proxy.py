@@ -31,7 +31,6 @@ from greenmesh.streams.base import (
     StreamTimeout,
     Tunnel,
 )
-from greenmesh.streams.http_common import clean_response_headers
 from greenmesh.upstream.cluster import ClusterSnapshot
 from greenmesh.upstream.manager import ClusterManager
 from greenmesh.upstream.pool import PoolOverflow
@@ -249,6 +248,7 @@ class Proxy:
 
     def _forward(self, stream: ServerStream, ex: _Exchange) -> None:
         head = stream.request
+        ex.bytes_in += head.message_bytes
         table = self._routes()
         matched = table.match(head) if table is not None else None
         if matched is None:
@@ -426,9 +426,7 @@ class Proxy:
                     self._tunnel(stream, cs, ex, resp)
                     return
                 if resp.status != 100:  # greenmesh answered 100-continue itself
-                    stream.send_informational(ResponseHead(resp.status,
-                                                           clean_response_headers(resp.headers),
-                                                           resp.reason))
+                    stream.send_informational(resp)
                 resp = self._await_response(stream, cs, ex, try_timeout)
             if retries.on_status(resp.status, _replayable(stream, ex)):
                 raise _RetryStatus(resp.status)  # before anything of it reaches the client
@@ -485,12 +483,14 @@ class Proxy:
     def _respond(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                  resp: ResponseHead, timeout: float | None) -> None:
         deadline = (ex.body_done_at or _monotonic()) + timeout if timeout else None
-        headers = clean_response_headers(resp.headers)
         route = ex.route
         assert route is not None and route.route.route is not None
+        out = resp
         if route.response_add or route.response_remove:
-            headers = _apply_header_ops(headers, route.response_add, route.response_remove)
-        out = ResponseHead(resp.status, headers, resp.reason, resp.native)
+            out = ResponseHead(resp.status, _apply_header_ops(resp.headers, route.response_add,
+                                                              route.response_remove),
+                               resp.reason, resp.native, resp.message_bytes)
+        ex.bytes_out += resp.message_bytes
         first = cs.read_body(None, block=False)
         if first is None and not cs.trailers:
             stream.send_headers(out, end_stream=True)
@@ -531,8 +531,7 @@ class Proxy:
                 resp: ResponseHead) -> None:
         """After a 101: raw bytes both ways until either side is done."""
         ex.status = 101
-        stream.send_informational(ResponseHead(101, clean_response_headers(resp.headers),
-                                               resp.reason))
+        stream.send_informational(resp)
         down, up = stream.upgrade(), cs.upgrade()
         back = gevent.spawn(self._copy, up, down, ex, False)
         try:

@@ -24,10 +24,23 @@ def header_map(pairs: dict[str, str]) -> bytes:
     return out
 
 
+def parse_header_map(raw: bytes) -> list[tuple[str, str]]:
+    out, pos = [], 0
+    while pos < len(raw):
+        (klen,) = struct.unpack_from(">I", raw, pos)
+        key = raw[pos + 4:pos + 4 + klen]
+        pos += 4 + klen
+        (vlen,) = struct.unpack_from(">I", raw, pos)
+        out.append((key.decode(), raw[pos + 4:pos + 4 + vlen].decode()))
+        pos += 4 + vlen
+    return out
+
+
 def request(rid: int, content: bytes, service: str = "com.example.EchoService:1.0",
-            method: str = "echo", app: str | None = None, oneway: bool = False) -> bytes:
+            method: str = "echo", app: str | None = None, oneway: bool = False,
+            extra: dict[str, str] | None = None) -> bytes:
     headers = {"service": service, "sofa_head_target_service": service,
-               "sofa_head_method_name": method}
+               "sofa_head_method_name": method, **(extra or {})}
     if app:
         headers["sofa_head_target_app"] = app
     hdr = header_map(headers)
@@ -72,6 +85,7 @@ class BoltServer(LoopbackServer):
     def __init__(self, answer_heartbeats: bool = True):
         self.answer_heartbeats = answer_heartbeats
         self.requests: list[int] = []
+        self.headers: list[list[tuple[str, str]]] = []  # each request's header map
         self.heartbeats = 0
         self.oneways = 0
         super().__init__()
@@ -99,6 +113,7 @@ class BoltServer(LoopbackServer):
                         self.oneways += 1
                         continue
                     self.requests.append(f["id"])
+                    self.headers.append(parse_header_map(f["raw_headers"]))
                     content = f["content"]
                     if content.startswith(b"sleep:"):
                         delay = float(content.split(b":")[1])

@@ -245,3 +245,28 @@ def test_client_that_does_not_read_responses_stops_being_read(start_mesh):
     assert len(c.receive(rid // 2, timeout=10)) >= rid // 2  # and serves them once read
     c.close()
     up.stop()
+
+
+def test_route_header_operations_edit_bolt_frames_both_ways(start_mesh):
+    from tests.boltpeer import parse_header_map
+    up = BoltServer()
+    cfg = bolt_config(up.address)
+    route = cfg["route_configs"][0]["virtual_hosts"][0]["routes"][0]
+    route["request_headers_to_add"] = [{"header": {"key": "x-mesh", "value": "greenmesh"}}]
+    route["request_headers_to_remove"] = ["x-secret"]
+    route["response_headers_to_add"] = [{"header": {"key": "x-served-by", "value": "gm"}}]
+    gm = start_mesh(cfg)
+    c = BoltClient(gm.port())
+    c.send(request(5, b"hdr", extra={"x-secret": "s3", "rpc_trace_context.sofaTraceId": "t1"}))
+    (answer,) = c.receive(1)
+    assert (answer["id"], answer["content"]) == (5, b"echo:hdr")
+    seen = dict(up.headers[0])
+    assert seen["x-mesh"] == "greenmesh" and "x-secret" not in seen
+    assert seen["rpc_trace_context.sofaTraceId"] == "t1"  # a name keeps its own case
+    assert seen["service"] == SERVICE
+    assert parse_header_map(answer["raw_headers"]) == [("x-served-by", "gm")]
+    c.close()
+    entry = gm.access()[0]
+    assert entry["bytes_in"] > 100 and entry["bytes_out"] == len(answer["content"]) + 20 + len(
+        b"com.alipay.sofa.rpc.core.response.SofaResponse")  # whole frames, as they came
+    up.stop()

@@ -68,7 +68,8 @@ class RequestHead:
     """For RPC protocols: method = the RPC method, path = the service, authority = the target
     application, headers = the protocol's header map."""
 
-    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade", "native", "peer")
+    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade", "native", "peer",
+                 "message_bytes")
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
                  headers: Headers, upgrade: bytes = b"", native: object = None):
@@ -84,6 +85,9 @@ class RequestHead:
         self.native = native
         # The client's IP (for hashing on it), when the codec knows it.
         self.peer = b""
+        # For messages that arrive whole (RPC frames): their size, which the access log counts
+        # as the body; HTTP bodies are counted as they stream.
+        self.message_bytes = 0
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         for k, v in self.headers:
@@ -93,16 +97,19 @@ class RequestHead:
 
 
 class ResponseHead:
-    """``status`` is HTTP's (RPC codecs map theirs onto it, for the proxy and the logs)."""
+    """``status`` is HTTP's (RPC codecs map theirs onto it, for the proxy and the logs). Client
+    streams hand out heads already cleaned of what belongs to their hop (HTTP's hop-by-hop
+    headers), so the proxy forwards a head as it is unless a route edits it."""
 
-    __slots__ = ("status", "headers", "reason", "native")
+    __slots__ = ("status", "headers", "reason", "native", "message_bytes")
 
     def __init__(self, status: int, headers: Headers, reason: bytes = b"",
-                 native: object = None):
+                 native: object = None, message_bytes: int = 0):
         self.status = status
         self.headers = headers
         self.reason = reason
         self.native = native
+        self.message_bytes = message_bytes  # as RequestHead's
 
 
 class Tunnel(ABC):

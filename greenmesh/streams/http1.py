@@ -48,6 +48,7 @@ from greenmesh.streams.http1_codec import (
 from greenmesh.streams.http_common import (
     REASONS,
     clean_request_headers,
+    clean_response_headers,
     local_reply_headers,
     send_http_local_reply,
 )
@@ -410,7 +411,8 @@ class Http1ClientStream(ClientStream):
             kind, head = self._next(timeout)
             if kind == HEAD:
                 self._keep_alive = head.keep_alive
-                return ResponseHead(head.status, head.headers, head.reason)
+                return ResponseHead(head.status, clean_response_headers(head.headers),
+                                    head.reason)
             if kind != END:  # END closes an informational (1xx) message
                 raise StreamReset("upstream sent a body before a response head",
                                   ResetReason.PROTOCOL_ERROR)

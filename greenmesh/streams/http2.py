@@ -66,6 +66,7 @@ from greenmesh.streams.base import (
 from greenmesh.streams.base import StreamReset as StreamResetError
 from greenmesh.streams.http_common import (
     clean_request_headers,
+    clean_response_headers,
     local_reply_headers,
     send_http_local_reply,
 )
@@ -747,7 +748,7 @@ class Http2ClientStream(ClientStream):
             status = int(pseudo.get(b":status", b""))
         except ValueError:
             raise StreamResetError("upstream response without a valid :status") from None
-        return ResponseHead(status, regular)
+        return ResponseHead(status, clean_response_headers(regular))
 
     def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
         if self._body_done:

@@ -10,6 +10,7 @@ the proxy, router and pools are the same as for HTTP.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Generic, TypeVar
 
 from greenmesh.failures import ResponseFlag
 from greenmesh.streams import Match
@@ -24,8 +25,9 @@ class CodecError(Exception):
         self.request_id = request_id
 
 
-class XFrame:
-    """A decoded frame. ``raw`` is the whole encoded frame, so it can be forwarded as is."""
+class XFrame(ABC):
+    """A decoded frame. ``raw`` is the whole encoded frame, so it can be forwarded as is (with
+    its request id patched) unless its header map was edited."""
 
     __slots__ = ("raw", "request_id", "is_request", "oneway", "heartbeat")
 
@@ -35,8 +37,17 @@ class XFrame:
     oneway: bool
     heartbeat: bool
 
+    @property
+    @abstractmethod
+    def headers(self) -> Headers:
+        """The header map, names lowercased (as the router and filters see headers); the
+        codec keeps each name's own case when it encodes the map again."""
 
-class XCodec(ABC):
+
+FrameT = TypeVar("FrameT", bound=XFrame)
+
+
+class XCodec(ABC, Generic[FrameT]):
     name: str
     #: The largest request id; ids are allocated from 1 and wrap back to 1.
     max_request_id: int = 2**32 - 1
@@ -49,30 +60,32 @@ class XCodec(ABC):
         """Yes / need more bytes / no, from the first bytes a client sends."""
 
     @abstractmethod
-    def decode(self, buf: bytearray, offset: int) -> tuple[XFrame | None, int]:
+    def decode(self, buf: bytearray, offset: int) -> tuple[FrameT | None, int]:
         """The frame at ``offset`` and the offset after it, or (None, offset) if incomplete.
         Raises CodecError for bytes that cannot be this protocol."""
 
     @abstractmethod
-    def with_request_id(self, frame: XFrame, request_id: int) -> bytes:
-        """The frame's bytes, unchanged but for its request id."""
+    def encode(self, frame: FrameT, request_id: int, headers: Headers | None = None) -> bytes:
+        """The frame's bytes under ``request_id``; with ``headers``, its header map replaced
+        by them (route or filter header operations), the rest unchanged."""
 
     @abstractmethod
     def heartbeat(self, request_id: int) -> bytes: ...
 
     @abstractmethod
-    def heartbeat_reply(self, frame: XFrame) -> bytes: ...
+    def heartbeat_reply(self, frame: FrameT) -> bytes: ...
 
     @abstractmethod
     def error_response(self, request_id: int, flag: ResponseFlag | None, status: int,
-                       request: XFrame | None = None) -> bytes:
+                       request: FrameT | None = None) -> bytes:
         """greenmesh's own answer: the protocol's status for the flag (Envoy's response flag:
         why greenmesh answers), or for the HTTP status when there is no flag."""
 
     @abstractmethod
-    def route_info(self, frame: XFrame) -> tuple[bytes, bytes, bytes, Headers]:
-        """(service, method, target application, header map) for the router."""
+    def route_info(self, frame: FrameT) -> tuple[bytes, bytes, bytes]:
+        """(service, method, target application) for the router; it sees the frame's
+        ``headers`` too."""
 
     @abstractmethod
-    def http_status(self, response: XFrame) -> int:
+    def http_status(self, response: FrameT) -> int:
         """The response's status in HTTP's terms, for the proxy and the access log."""

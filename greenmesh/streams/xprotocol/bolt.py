@@ -52,7 +52,7 @@ _STATUS_FROM_HTTP = {200: SUCCESS, 404: NO_PROCESSOR, 503: SERVER_BUSY, 504: TIM
 
 class BoltFrame(XFrame):
     __slots__ = ("kind", "cmdcode", "codec", "timeout_or_status", "header_start", "header_len",
-                 "_headers")
+                 "_pairs", "_headers")
 
     def __init__(self, raw: bytes, fields: tuple, header_start: int):
         _, kind, cmdcode, _, request_id, codec, tos, class_len, header_len, _ = fields
@@ -67,15 +67,22 @@ class BoltFrame(XFrame):
         self.heartbeat = cmdcode == CMD_HEARTBEAT
         self.header_start = header_start + class_len
         self.header_len = header_len
+        self._pairs: Headers | None = None  # names in their own case
         self._headers: Headers | None = None
 
     @property
     def headers(self) -> Headers:
         """The header map, decoded on first use (routing needs it; forwarding does not)."""
         if self._headers is None:
-            self._headers = _decode_header_map(self.raw, self.header_start, self.header_len,
-                                               self.request_id)
+            self._headers = [(k.lower(), v) for k, v in self.pairs]
         return self._headers
+
+    @property
+    def pairs(self) -> Headers:
+        if self._pairs is None:
+            self._pairs = _decode_header_map(self.raw, self.header_start, self.header_len,
+                                             self.request_id)
+        return self._pairs
 
     def get(self, key: bytes) -> bytes | None:
         for k, v in self.headers:
@@ -95,7 +102,7 @@ def _decode_header_map(raw: bytes, start: int, length: int, request_id: int) -> 
             (vlen,) = _ID.unpack_from(raw, pos)
             value = raw[pos + 4:pos + 4 + vlen]
             pos += 4 + vlen
-            out.append((key.lower(), value))
+            out.append((key, value))
     except struct.error:
         raise CodecError("bad bolt header map", request_id) from None
     if pos != end:
@@ -103,7 +110,18 @@ def _decode_header_map(raw: bytes, start: int, length: int, request_id: int) -> 
     return out
 
 
-class BoltCodec(XCodec):
+def _encode_header_map(headers: Headers, case: dict[bytes, bytes]) -> bytes:
+    out = []
+    for name, value in headers:
+        name = case.get(name, name)
+        out.append(_ID.pack(len(name)))
+        out.append(name)
+        out.append(_ID.pack(len(value)))
+        out.append(value)
+    return b"".join(out)
+
+
+class BoltCodec(XCodec[BoltFrame]):
     name = "bolt"
 
     def match(self, data: bytes) -> Match:
@@ -154,10 +172,19 @@ class BoltCodec(XCodec):
         raw = bytes(buf[offset:offset + total])
         return BoltFrame(raw, fields, header.size), offset + total
 
-    def with_request_id(self, frame: BoltFrame, request_id: int) -> bytes:
-        raw = bytearray(frame.raw)
-        _ID.pack_into(raw, 5, request_id)
-        return raw
+    def encode(self, frame: BoltFrame, request_id: int, headers: Headers | None = None) -> bytes:
+        raw = frame.raw
+        if headers is None:
+            out = bytearray(raw)
+            _ID.pack_into(out, 5, request_id)
+            return out
+        layout = REQUEST if frame.is_request else RESPONSE
+        fields = list(layout.unpack_from(raw))
+        header_map = _encode_header_map(headers, {k.lower(): k for k, _ in frame.pairs})
+        fields[4], fields[8] = request_id, len(header_map)
+        end = frame.header_start + frame.header_len
+        return b"".join((layout.pack(*fields), raw[layout.size:frame.header_start], header_map,
+                         raw[end:]))
 
     def heartbeat(self, request_id: int) -> bytes:
         return REQUEST.pack(PROTO_V1, TYPE_REQUEST, CMD_HEARTBEAT, 1, request_id, HESSIAN2, -1,
@@ -168,17 +195,17 @@ class BoltCodec(XCodec):
                              frame.codec, SUCCESS, 0, 0, 0)
 
     def error_response(self, request_id: int, flag: ResponseFlag | None, status: int,
-                       request: BoltFrame | None = None) -> bytes:  # type: ignore[override]
+                       request: BoltFrame | None = None) -> bytes:
         codec = request.codec if request is not None else HESSIAN2
         code = (_FLAG_STATUS.get(flag, UNKNOWN) if flag is not None
                 else _STATUS_FROM_HTTP.get(status, UNKNOWN))
         return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_RESPONSE, 1, request_id, codec, code,
                              0, 0, 0)
 
-    def route_info(self, frame: BoltFrame) -> tuple[bytes, bytes, bytes, Headers]:
+    def route_info(self, frame: BoltFrame) -> tuple[bytes, bytes, bytes]:
         service = frame.get(b"service") or frame.get(b"sofa_head_target_service") or b""
         return (service, frame.get(b"sofa_head_method_name") or b"",
-                frame.get(b"sofa_head_target_app") or b"", frame.headers)
+                frame.get(b"sofa_head_target_app") or b"")
 
     def http_status(self, response: BoltFrame) -> int:
         return _HTTP_STATUS.get(response.timeout_or_status, 500)

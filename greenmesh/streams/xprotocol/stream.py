@@ -160,6 +160,27 @@ class _WholeFrames:
         pass
 
 
+class _FrameResponseHead(ResponseHead):
+    """A response frame's head whose header map is decoded only if someone reads it (a route
+    that edits response headers); unread, the frame is forwarded as it came."""
+
+    __slots__ = ("_headers",)
+
+    def __init__(self, status: int, frame: XFrame):
+        self._headers: Headers | None = None
+        super().__init__(status, [], b"", frame, len(frame.raw))
+
+    @property  # type: ignore[override]
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = self.native.headers  # type: ignore[attr-defined]
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        pass  # set by ResponseHead.__init__ only: the frame's own map is read lazily
+
+
 class XServerStream(_WholeFrames, ServerStream):
     __slots__ = ("sc", "frame", "request", "request_complete", "trailers", "_done")
 
@@ -167,10 +188,12 @@ class XServerStream(_WholeFrames, ServerStream):
         self.sc = sc
         self.frame = frame
         try:
-            service, method, target, headers = sc.codec.route_info(frame)
+            service, method, target = sc.codec.route_info(frame)
+            headers = frame.headers
         except CodecError:
             service, method, target, headers = b"", b"", b"", []
         self.request = RequestHead(method, service, target, b"", headers, native=frame)
+        self.request.message_bytes = len(frame.raw)
         self.request_complete = True  # a frame arrives whole
         self.trailers = None
         self._done = False
@@ -185,23 +208,26 @@ class XServerStream(_WholeFrames, ServerStream):
         native = head.native
         if isinstance(native, XFrame) and not native.is_request and \
                 type(native) is type(self.frame):
-            self._send(lambda codec, frame: codec.with_request_id(native, frame.request_id))
+            # Back under the client's own id; re-encoded only if a route edited its headers.
+            headers = None if isinstance(head, _FrameResponseHead) else head.headers
+            self._send(lambda codec, frame: codec.encode(native, frame.request_id, headers))
         else:  # not a response of this protocol: its status is all there is to say
             self._send(lambda codec, frame: codec.error_response(frame.request_id, None,
                                                                  head.status, frame))
 
     def send_local_reply(self, reply: LocalReply) -> int:
-        self._send(lambda codec, frame: codec.error_response(frame.request_id, reply.flag,
-                                                             reply.status, frame))
-        return 0
+        return self._send(lambda codec, frame: codec.error_response(frame.request_id, reply.flag,
+                                                                    reply.status, frame))
 
-    def _send(self, encode: Callable[[XCodec, XFrame], bytes]) -> None:
+    def _send(self, encode: Callable[[XCodec, XFrame], bytes]) -> int:
         """The one response, under the client's own request id (none for oneway calls)."""
-        if self._done:
-            return
+        if self._done or self.frame.oneway:
+            self._done = True
+            return 0
         self._done = True
-        if not self.frame.oneway:
-            self.sc.writer.send(encode(self.sc.codec, self.frame))
+        data = encode(self.sc.codec, self.frame)
+        self.sc.writer.send(data)
+        return len(data)
 
     def reset(self, reason: str) -> None:
         self.send_local_reply(LocalReply(502, [ResponseFlag.UPSTREAM_CONNECTION_TERMINATION]))
@@ -325,7 +351,9 @@ class XClientStream(_WholeFrames, ClientStream):
         self._oneway = frame.oneway
         if not frame.oneway:
             c.in_flight[self.rid] = self
-        c.writer.send(c.codec.with_request_id(frame, self.rid))
+        # Forwarded as it came, unless a route edited its header map (then re-encoded).
+        c.writer.send(c.codec.encode(frame, self.rid,
+                                     None if head.headers is frame.headers else head.headers))
         c.writer.wait_writable()  # an upstream that does not read holds this request back
 
     def read_headers(self, timeout: float | None) -> ResponseHead:
@@ -338,7 +366,7 @@ class XClientStream(_WholeFrames, ClientStream):
         if frame is None:
             raise StreamReset("upstream connection closed")
         self._got = True
-        return ResponseHead(self.c.codec.http_status(frame), [], native=frame)
+        return _FrameResponseHead(self.c.codec.http_status(frame), frame)
 
     def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
         return None
