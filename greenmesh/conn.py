@@ -28,7 +28,7 @@ class Conn:
     """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "busy", "on_drain", "tls")
+                 "_pending", "_timeout", "tls")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -39,11 +39,6 @@ class Conn:
         self.close_reason = ""
         self._pending = b""
         self._timeout = timeout
-        # Set by a server codec while a request is in progress: a draining listener closes
-        # only connections that are not busy and lets the others finish.
-        self.busy = False
-        # Set by a multiplexed server codec: how to tell the peer to stop opening streams.
-        self.on_drain = None
         self.tls = False
         sock.settimeout(timeout)
         try:

@@ -12,7 +12,7 @@ from greenmesh.conn import Conn, ConnError
 from greenmesh.proxy import Proxy
 from greenmesh.stats import Stats
 from greenmesh.streams import Match, Protocol, Registry
-from greenmesh.streams.base import ServerOptions
+from greenmesh.streams.base import ServerConnection, ServerOptions
 
 log = structlog.get_logger("greenmesh.listener")
 
@@ -35,7 +35,8 @@ class Listener:
         self._tls = (tls.server_context(config.tls, [p.alpn for p in offered if p.alpn])
                      if config.tls else None)
         self._scheme = b"https" if config.tls else b"http"
-        self._conns: set[Conn] = set()
+        self._conns: set[Conn] = set()  # every open connection, served or still being sniffed
+        self._servers: set[ServerConnection] = set()
         self._draining = False
         self._server: StreamServer | None = None
         self._prefix = f"listener.{config.name}."
@@ -52,9 +53,6 @@ class Listener:
         self._server.start()
         log.info("listener_started", listener=self.config.name, address=str(a),
                  protocol=self.config.protocol)
-
-    def _draining_now(self) -> bool:
-        return self._draining
 
     def _handle(self, sock, peer) -> None:
         stats = self.stats
@@ -74,9 +72,15 @@ class Listener:
             if protocol is not None:
                 opts = ServerOptions(peer=peer, scheme=self._scheme,
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
-                                     idle_timeout=self.config.idle_timeout,
-                                     draining=self._draining_now)
-                protocol.serve(conn, opts, self.proxy.handle)
+                                     idle_timeout=self.config.idle_timeout)
+                sc = protocol.server(conn, opts, self.proxy.handle)
+                self._servers.add(sc)
+                if self._draining:  # the listener began to drain while this one was sniffed
+                    sc.drain()
+                try:
+                    sc.run()
+                finally:
+                    self._servers.discard(sc)
         except ConnError:
             pass
         except Exception:  # a codec bug: this connection only
@@ -112,17 +116,17 @@ class Listener:
             self._server.close()
 
     def stop(self, timeout: float) -> None:
-        """Stops accepting; idle connections close now, busy ones after their response."""
+        """Stops accepting; idle connections close now, the others once their requests end."""
         self._draining = True
         server = self._server
         if server is None:
             return
         self.close_listening()
-        for conn in list(self._conns):
-            if conn.on_drain is not None:
-                conn.on_drain()  # HTTP/2: GOAWAY, then close once its streams finish
-            elif not conn.busy:
-                conn.close("listener stopped")
+        served = {sc.conn for sc in self._servers}
+        for sc in list(self._servers):
+            sc.drain()  # idle ones close now; HTTP/2 says GOAWAY; the rest close when done
+        for conn in list(self._conns - served):
+            conn.close("listener stopped")  # still being told apart: nothing in flight
         pool = server.pool
         if pool is not None and not pool.join(timeout=timeout):
             pool.kill(timeout=1)

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 from greenmesh import model
 from greenmesh.conn import Conn
-from greenmesh.streams.base import ClientConnection, ServerOptions, StreamHandler
+from greenmesh.streams.base import (
+    ClientConnection,
+    ServerConnection,
+    ServerOptions,
+    StreamHandler,
+)
 
 
 class Match(enum.Enum):
@@ -25,7 +30,8 @@ class Match(enum.Enum):
 class Protocol:
     name: str
     match: Callable[[bytes], Match]
-    serve: Callable[[Conn, ServerOptions, StreamHandler], None]
+    #: The server side of a downstream connection (its listener runs and drains it).
+    server: Callable[[Conn, ServerOptions, StreamHandler], ServerConnection]
     client: Callable[[Conn, model.Cluster], ClientConnection]
     #: Multiplexed protocols share an upstream connection between streams.
     multiplexed: bool = False

@@ -8,6 +8,7 @@ HTTP/1.1's ``Host``); each codec puts it where its wire format wants it.
 
 from __future__ import annotations
 
+import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,23 @@ WOULD_BLOCK = _WouldBlock()
 
 Chunk = Union[bytes, None, _WouldBlock]  # noqa: UP007 - a runtime alias, not an annotation
 """A body read: bytes, ``None`` at the end of the body, or WOULD_BLOCK."""
+
+
+class ConnectionState(enum.Enum):
+    """A connection's lifecycle, on either side (h11's and Envoy's ActiveClient's, reduced to
+    what a proxy needs): it only ever moves down this list."""
+
+    OPEN = "open"  # takes new requests or streams
+    DRAINING = "draining"  # finishes what it carries, then closes (GOAWAY; HTTP/1.1: must close)
+    CLOSED = "closed"
+
+
+class MessageState(enum.Enum):
+    """One direction of one exchange (a request, or its response)."""
+
+    HEAD = "head"  # the head has not passed yet
+    BODY = "body"  # the head passed; body chunks (and perhaps trailers) follow
+    DONE = "done"  # the whole message passed
 
 
 class StreamError(Exception):
@@ -258,6 +276,25 @@ class ClientStream(ABC):
     def upgrade(self) -> Tunnel: ...
 
 
+class ServerConnection(ABC):
+    """A downstream connection as its listener sees it: served until it ends, drained on stop."""
+
+    conn: Conn
+
+    @abstractmethod
+    def run(self) -> None:
+        """Serves the connection's requests until it ends."""
+
+    @abstractmethod
+    def drain(self) -> None:
+        """No new requests (HTTP/2: GOAWAY); the connection closes once those in flight finish."""
+
+    @property
+    @abstractmethod
+    def idle(self) -> bool:
+        """No request in progress."""
+
+
 class ClientConnection(ABC):
     """An upstream connection as a pool sees it."""
 
@@ -287,8 +324,6 @@ class ServerOptions:
     max_header_bytes: int = 60 * 1024
     idle_timeout: float | None = 300.0
     scheme: bytes = b"http"
-    #: A callable the connection asks between requests: True once the listener drains.
-    draining: Callable[[], bool] = lambda: False
 
 
 StreamHandler = Callable[[ServerStream], None]

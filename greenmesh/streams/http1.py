@@ -19,11 +19,14 @@ from greenmesh.streams.base import (
     Chunk,
     ClientConnection,
     ClientStream,
+    ConnectionState,
     ConnTunnel,
     DownstreamError,
     Headers,
+    MessageState,
     RequestHead,
     ResponseHead,
+    ServerConnection,
     ServerOptions,
     ServerStream,
     StreamHandler,
@@ -111,10 +114,13 @@ class _MessageWriter:
                 raise self._error(f"{self._side}: {e}") from None
 
 
-class _ServerConnection:
-    """Serves the requests of one downstream connection, one after another."""
+class _ServerConnection(ServerConnection):
+    """Serves the requests of one downstream connection, one after another. DRAINING means
+    the connection closes after the exchange in progress (h11's MUST_CLOSE): the client asked,
+    HTTP/1.0, a body left unread, or the listener drains."""
 
-    __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip", "writer")
+    __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip", "writer", "state",
+                 "current")
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         self.conn = conn
@@ -124,6 +130,22 @@ class _ServerConnection:
         self.parser = request_parser(opts.max_header_bytes)
         self.events = self.parser.events
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
+        self.state = ConnectionState.OPEN
+        self.current: Http1ServerStream | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.current is None
+
+    def drain(self) -> None:
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.DRAINING
+        if self.idle:  # between requests: nothing to finish
+            self.close("draining")
+
+    def close(self, reason: str) -> None:
+        self.state = ConnectionState.CLOSED
+        self.conn.close(reason)
 
     def next_event(self, block: bool = True):
         """The next parser event; None at EOF; WOULD_BLOCK if not blocking and none is ready."""
@@ -141,7 +163,7 @@ class _ServerConnection:
 
     def run(self) -> None:
         conn = self.conn
-        while not conn.closed:
+        while self.state is ConnectionState.OPEN and not conn.closed:
             try:
                 ev = self.next_event()
             except ParseError as e:
@@ -155,15 +177,11 @@ class _ServerConnection:
             if head.method == b"CONNECT":
                 self.reject(405, "CONNECT is not supported")
                 return
-            conn.busy = True
-            stream = Http1ServerStream(self, head)
+            self.current = stream = Http1ServerStream(self, head)
             self.handler(stream)
-            conn.busy = False
+            self.current = None
             if conn.closed or not stream.reusable:
-                conn.close("not reusable")
-                return
-            if self.opts.draining():
-                conn.close("draining")
+                self.close("not reusable" if self.state is ConnectionState.OPEN else "draining")
                 return
             leftover = self.parser.upgrade_data  # an upgrade the upstream declined
             if leftover is not None:
@@ -183,8 +201,8 @@ class _ServerConnection:
 
 
 class Http1ServerStream(ServerStream):
-    __slots__ = ("sc", "request", "request_complete", "trailers", "_body_done", "_w",
-                 "_started", "_has_body", "_keep_alive", "_done", "_continue", "_http10")
+    __slots__ = ("sc", "request", "request_complete", "trailers", "request_state",
+                 "response_state", "_w", "_response_has_body", "_continue", "_http10")
 
     def __init__(self, sc: _ServerConnection, head: MessageHead):
         self.sc = sc
@@ -196,28 +214,32 @@ class Http1ServerStream(ServerStream):
         self.request.peer = sc.peer_ip or b""
         self.trailers = None
         self._http10 = head.version != "1.1"
-        self._keep_alive = head.keep_alive and not self._http10
+        if not head.keep_alive or self._http10:
+            sc.state = ConnectionState.DRAINING  # closes after this exchange
         events = sc.events
         self.request_complete = bool(events) and events[0][0] == END
         if self.request_complete:
             events.popleft()
-        self._body_done = self.request_complete
+        self.request_state = MessageState.DONE if self.request_complete else MessageState.BODY
+        self.response_state = MessageState.HEAD
+        # The client waits for our go-ahead before it sends the body.
         self._continue = not self.request_complete and any(
             n == b"expect" and v.lower() == b"100-continue" for n, v in head.headers)
         self._w = sc.writer
-        self._started = False
-        self._has_body = True
-        self._done = False
+        self._response_has_body = True
 
     @property
     def reusable(self) -> bool:
-        return self._done and self._body_done and self._keep_alive
+        """The connection may carry another request after this one."""
+        return (self.request_state is MessageState.DONE
+                and self.response_state is MessageState.DONE
+                and self.sc.state is ConnectionState.OPEN)
 
     def read_body(self, block: bool = True) -> Chunk:
-        if self._body_done:
+        if self.request_state is MessageState.DONE:
             return None
         sc = self.sc
-        if self._continue:  # the client waits for our go-ahead before it sends the body
+        if self._continue:
             self._continue = False
             if not sc.events:
                 self._w.out.append(_CONTINUE)
@@ -225,7 +247,7 @@ class Http1ServerStream(ServerStream):
         try:
             ev = sc.next_event(block)
         except ParseError as e:
-            self._keep_alive = False
+            sc.state = ConnectionState.DRAINING
             raise DownstreamError(f"bad request body: {e}", status=e.status) from None
         except ConnError as e:
             raise DownstreamError(f"downstream: {e}") from None
@@ -236,7 +258,7 @@ class Http1ServerStream(ServerStream):
         kind, payload = ev
         if kind == DATA:
             return payload
-        self._body_done = True
+        self.request_state = MessageState.DONE
         self.trailers = payload
         return None
 
@@ -248,41 +270,41 @@ class Http1ServerStream(ServerStream):
         self._w.flush()
 
     def send_headers(self, head: ResponseHead, end_stream: bool) -> None:
-        self._started = True
+        self.response_state = MessageState.BODY
         status = head.status
         headers = head.headers
-        has_body = self._has_body = response_has_body(self.request.method, status)
+        has_body = self._response_has_body = response_has_body(self.request.method, status)
         extra = []
+        sc = self.sc
         if has_body and not any(n == b"content-length" for n, _ in headers):
             if end_stream:
                 extra = _EMPTY
             elif self._http10:
-                self._keep_alive = False  # delimited by the close
+                sc.state = ConnectionState.DRAINING  # the body is delimited by the close
             else:
                 extra = _CHUNKED
                 self._w.chunked = True
-        # Say so when this connection closes after the response: HTTP/1.0, Connection: close,
-        # draining, or a request body that the complete response leaves unread.
-        if (not self._keep_alive or self.sc.opts.draining()
-                or (end_stream and not self._body_done)):
-            self._keep_alive = False
+        if end_stream and self.request_state is not MessageState.DONE:
+            sc.state = ConnectionState.DRAINING  # the complete response leaves the body unread
+        if sc.state is not ConnectionState.OPEN:  # say so when the connection closes after it
             extra = extra + _CLOSE
         self._w.out.append(encode_response_head(status, head.reason or REASONS.get(status, b""),
                                                 headers, extra))
         if end_stream:
-            self._done = True
-            self._w.end()
+            self._end()
+
+    def _end(self, trailers: Headers | None = None) -> None:
+        self.response_state = MessageState.DONE
+        self._w.end(trailers)
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
-        if self._has_body:
+        if self._response_has_body:
             self._w.body(data)
         if end_stream:
-            self._done = True
-            self._w.end()
+            self._end()
 
     def send_trailers(self, trailers: Headers) -> None:
-        self._done = True
-        self._w.end(trailers)
+        self._end(trailers)
 
     def send_local_reply(self, reply: LocalReply) -> int:
         return send_http_local_reply(self, reply)
@@ -291,15 +313,14 @@ class Http1ServerStream(ServerStream):
         self._w.flush()
 
     def reset(self, reason: str) -> None:
-        self._keep_alive = False
-        self.sc.conn.close(reason)
+        self.sc.close(reason)
 
     @property
     def response_started(self) -> bool:
-        return self._started
+        return self.response_state is not MessageState.HEAD
 
     def upgrade(self) -> Tunnel:
-        self._keep_alive = False
+        self.sc.state = ConnectionState.DRAINING
         parser = self.sc.parser
         if parser.upgrade_data:
             self.sc.conn.unread(parser.upgrade_data)
@@ -307,14 +328,16 @@ class Http1ServerStream(ServerStream):
         return ConnTunnel(self.sc.conn)
 
 
-def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
-    _ServerConnection(conn, opts, handler).run()
+def server(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> ServerConnection:
+    return _ServerConnection(conn, opts, handler)
 
 
 class Http1ClientConnection(ClientConnection):
-    """An upstream HTTP/1.1 connection: one stream at a time, reused when both sides allow."""
+    """An upstream HTTP/1.1 connection: one stream at a time, reused when both sides allow.
+    DRAINING means it closes after the exchange in progress (the upstream said so, it closed
+    its side, or the connection switched protocols)."""
 
-    __slots__ = ("conn", "parser", "writer", "active_streams", "requests")
+    __slots__ = ("conn", "parser", "writer", "active_streams", "requests", "state")
     capacity = 1
 
     def __init__(self, conn: Conn, settings: object = None):
@@ -323,6 +346,7 @@ class Http1ClientConnection(ClientConnection):
         self.writer = _MessageWriter(conn, StreamReset, "upstream")
         self.active_streams = 0
         self.requests = 0
+        self.state = ConnectionState.OPEN
 
     def new_stream(self, on_finish: Callable[[ClientConnection, bool], None]) -> ClientStream:
         self.active_streams = 1
@@ -331,12 +355,12 @@ class Http1ClientConnection(ClientConnection):
 
     @property
     def usable(self) -> bool:
-        return not self.conn.closed
+        return self.state is ConnectionState.OPEN and not self.conn.closed
 
 
 class Http1ClientStream(ClientStream):
-    __slots__ = ("cc", "conn", "parser", "events", "_w", "_got_bytes", "_body_done", "_sent",
-                 "_keep_alive", "_eof")
+    __slots__ = ("cc", "conn", "parser", "events", "_w", "_got_bytes", "request_state",
+                 "response_state")
 
     def __init__(self, cc: Http1ClientConnection, on_finish, reused: bool):
         super().__init__(on_finish, reused)
@@ -345,11 +369,9 @@ class Http1ClientStream(ClientStream):
         self.parser = cc.parser
         self.events = cc.parser.events
         self._w = cc.writer
-        self._got_bytes = False
-        self._body_done = False
-        self._sent = False
-        self._keep_alive = False
-        self._eof = False
+        self._got_bytes = False  # any response byte (a request that saw none may be retried)
+        self.request_state = MessageState.HEAD
+        self.response_state = MessageState.HEAD
 
     def send_headers(self, head: RequestHead, end_stream: bool) -> None:
         headers = head.headers
@@ -361,19 +383,21 @@ class Http1ClientStream(ClientStream):
                      and not any(n == b"content-length" for n, _ in headers))
         w.out.append(encode_request_head(head.method, head.path, head.authority, headers,
                                          w.chunked))
+        self.request_state = MessageState.BODY
         if end_stream:
-            self._sent = True
-            w.end()
+            self._end()
+
+    def _end(self, trailers: Headers | None = None) -> None:
+        self.request_state = MessageState.DONE
+        self._w.end(trailers)
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         self._w.body(data)
         if end_stream:
-            self._sent = True
-            self._w.end()
+            self._end()
 
     def send_trailers(self, trailers: Headers) -> None:
-        self._sent = True
-        self._w.end(trailers)
+        self._end(trailers)
 
     def flush(self) -> None:
         self._w.flush()
@@ -393,7 +417,7 @@ class Http1ClientStream(ClientStream):
             except ConnError as e:
                 raise StreamReset(f"upstream: {e}") from None
             if not data:
-                self._eof = True
+                self.cc.state = ConnectionState.DRAINING  # the upstream closed its side
                 if self.parser.feed_eof():
                     continue
                 raise StreamReset("upstream closed the connection" +
@@ -410,7 +434,10 @@ class Http1ClientStream(ClientStream):
         while True:
             kind, head = self._next(timeout)
             if kind == HEAD:
-                self._keep_alive = head.keep_alive
+                if head.status >= 200:
+                    self.response_state = MessageState.BODY
+                if not head.keep_alive:
+                    self.cc.state = ConnectionState.DRAINING
                 return ResponseHead(head.status, clean_response_headers(head.headers),
                                     head.reason)
             if kind != END:  # END closes an informational (1xx) message
@@ -418,7 +445,7 @@ class Http1ClientStream(ClientStream):
                                   ResetReason.PROTOCOL_ERROR)
 
     def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
-        if self._body_done:
+        if self.response_state is MessageState.DONE:
             return None
         ev = self._next(timeout, block)
         if ev is WOULD_BLOCK:
@@ -427,7 +454,7 @@ class Http1ClientStream(ClientStream):
         if kind == DATA:
             return payload
         if kind == END:
-            self._body_done = True
+            self.response_state = MessageState.DONE
             self.trailers = payload
             return None
         raise StreamReset("upstream sent a second response head", ResetReason.PROTOCOL_ERROR)
@@ -437,26 +464,27 @@ class Http1ClientStream(ClientStream):
         return self._got_bytes
 
     def reset(self, reason: str) -> None:
+        self.cc.state = ConnectionState.CLOSED
         self.conn.close(reason)
         self.finish()
 
     def _release(self) -> tuple[ClientConnection, bool]:
-        parser = self.parser
-        reusable = (self._sent and self._body_done and self._keep_alive and not self._eof
-                    and parser.clean_stop and parser.upgrade_data is None and not self.events
-                    and not self.conn.closed)
-        parser.head_request = False
-        self.cc.active_streams = 0
-        return self.cc, reusable
+        cc = self.cc
+        reusable = (self.request_state is MessageState.DONE
+                    and self.response_state is MessageState.DONE
+                    and cc.usable and self.parser.at_message_boundary)
+        self.parser.head_request = False
+        cc.active_streams = 0
+        return cc, reusable
 
     def upgrade(self) -> Tunnel:
         parser = self.parser
         if parser.upgrade_data:
             self.conn.unread(parser.upgrade_data)
         parser.upgrade_data = None
-        self._keep_alive = False
+        self.cc.state = ConnectionState.DRAINING
         return ConnTunnel(self.conn)
 
 
-PROTOCOL = Protocol(name="http1", match=match, serve=serve, client=Http1ClientConnection,
+PROTOCOL = Protocol(name="http1", match=match, server=server, client=Http1ClientConnection,
                     multiplexed=False, alpn="http/1.1")

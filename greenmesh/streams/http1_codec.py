@@ -173,6 +173,12 @@ class _Parser:
                                  " it)") from None
             raise ParseError(str(e).replace("HPE_", "")) from None
 
+    @property
+    def at_message_boundary(self) -> bool:
+        """Nothing is left over from the last message: no bytes past a head-only response, no
+        switched-protocol bytes, no queued event."""
+        return self.clean_stop and self.upgrade_data is None and not self.events
+
     def feed_eof(self) -> bool:
         """The peer closed. True if that ended a message (a body delimited by the close)."""
         head = self._head

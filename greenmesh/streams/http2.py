@@ -23,10 +23,10 @@ from gevent.event import Event
 from h2.config import H2Configuration
 from h2.connection import (
     ConnectionInputs,
-    ConnectionState,
     H2Connection,
     H2ConnectionStateMachine,
 )
+from h2.connection import ConnectionState as H2State
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -52,10 +52,12 @@ from greenmesh.streams.base import (
     Chunk,
     ClientConnection,
     ClientStream,
+    ConnectionState,
     DownstreamError,
     Headers,
     RequestHead,
     ResponseHead,
+    ServerConnection,
     ServerOptions,
     ServerStream,
     StreamError,
@@ -70,6 +72,7 @@ from greenmesh.streams.http_common import (
     local_reply_headers,
     send_http_local_reply,
 )
+from greenmesh.streams.multiplex import MultiplexServerConnection
 
 log = structlog.get_logger("greenmesh.http2")
 
@@ -84,7 +87,6 @@ MAX_HEADERS = 100  # Envoy's max_headers_count, pseudo-headers included
 PREMATURE_RESET_SECONDS = 1.0
 PREMATURE_RESET_STREAMS = 500
 GOAWAY_FLUSH_SECONDS = 1.0
-HANDLERS_GRACE_SECONDS = 1.0
 
 
 def match(data: bytes) -> Match:
@@ -106,7 +108,7 @@ class _GracefulStateMachine(H2ConnectionStateMachine):
     _transitions = {
         **H2ConnectionStateMachine._transitions,
         **{(state, goaway): (None, state)
-           for state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN)
+           for state in (H2State.CLIENT_OPEN, H2State.SERVER_OPEN)
            for goaway in (ConnectionInputs.SEND_GOAWAY, ConnectionInputs.RECV_GOAWAY)},
     }
 
@@ -206,8 +208,7 @@ class _H2Connection:
         self.conn = conn
         self.h2 = new_h2(client_side)
         self.streams: dict[int, _Stream] = {}
-        self.closed = False
-        self.goaway = False
+        self.state = ConnectionState.OPEN  # DRAINING once a GOAWAY went either way
         self._writer: BatchWriter | None = None
         self._dispatch: dict[type, Callable] = {
             DataReceived: self._on_data, StreamEnded: self._on_ended,
@@ -215,6 +216,10 @@ class _H2Connection:
             WindowUpdated: self._on_window, RemoteSettingsChanged: self._on_settings,
             ConnectionTerminated: self._on_goaway,
         }
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ConnectionState.CLOSED
 
     def start(self, max_header_bytes: int | None = None,
               stall_timeout: float | None = STALL_TIMEOUT) -> None:
@@ -324,7 +329,8 @@ class _H2Connection:
             s.writable.set()
 
     def _on_goaway(self, ev: ConnectionTerminated) -> None:
-        self.goaway = True
+        if self.state is ConnectionState.OPEN:
+            self.state = ConnectionState.DRAINING
         last = ev.last_stream_id if ev.last_stream_id is not None else 0
         for sid, s in list(self.streams.items()):
             if sid > last:
@@ -338,7 +344,7 @@ class _H2Connection:
     def close(self, reason: str) -> None:
         if self.closed:
             return
-        self.closed = True
+        self.state = ConnectionState.CLOSED
         for s in list(self.streams.values()):
             if s.reset_code is None:
                 s.fail(ErrorCodes.CANCEL, ResetReason.CONNECTION_TERMINATION)
@@ -457,28 +463,25 @@ def _pseudo_split(headers) -> tuple[dict[bytes, bytes], Headers]:
     return pseudo, regular
 
 
-class _ServerConnection(_H2Connection):
+class _ServerConnection(_H2Connection, MultiplexServerConnection):
     side = "downstream"
     error = DownstreamError
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
-        super().__init__(conn, client_side=False)
-        self.opts = opts
-        self.handler = handler
+        _H2Connection.__init__(self, conn, client_side=False)
+        MultiplexServerConnection.__init__(self, conn, opts, handler)
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
-        self.handlers: set[gevent.Greenlet] = set()
         self.last_stream_id = 0
         self.opened = 0
         self.premature_resets = 0
         self._dispatch[RequestReceived] = self._on_request
-        conn.on_drain = self.drain
 
     def _on_request(self, ev: RequestReceived) -> None:
         # Draining: streams above the GOAWAY's last id are refused. And a stream counts against
         # the concurrency limit until greenmesh has finished serving it, not only until the
         # peer resets it: otherwise HEADERS + RST_STREAM pairs (CVE-2023-44487, "rapid reset")
         # start upstream requests without bound while h2 sees no stream open.
-        if self.goaway or len(self.streams) >= MAX_CONCURRENT_STREAMS:
+        if self.state is not ConnectionState.OPEN or len(self.streams) >= MAX_CONCURRENT_STREAMS:
             try:
                 self.h2.reset_stream(ev.stream_id, error_code=ErrorCodes.REFUSED_STREAM)
             except H2Error:  # the peer has already reset it
@@ -490,9 +493,7 @@ class _ServerConnection(_H2Connection):
         self.streams[ev.stream_id] = s
         self.last_stream_id = ev.stream_id
         self.opened += 1
-        self.conn.busy = True
-        g = gevent.spawn(self._serve_stream, s, ev.headers)
-        self.handlers.add(g)
+        self.spawn(self._serve_stream, s, ev.headers)
 
     def _on_reset(self, ev: StreamReset) -> None:
         s = self.streams.get(ev.stream_id)
@@ -510,7 +511,7 @@ class _ServerConnection(_H2Connection):
             return
         log.warning("http2_premature_resets", peer=self.opts.peer, streams=self.opened,
                     resets=resets)
-        self.goaway = True  # no new streams; GOAWAY goes out, then the connection closes
+        self.state = ConnectionState.DRAINING  # no new streams; GOAWAY goes out, then we close
         try:
             self.h2.close_connection(error_code=ErrorCodes.ENHANCE_YOUR_CALM,
                                      last_stream_id=self.last_stream_id,
@@ -537,7 +538,7 @@ class _ServerConnection(_H2Connection):
                 if not stream.done:
                     self.reset_stream(s, ErrorCodes.INTERNAL_ERROR)
         finally:
-            self._stream_done(s)
+            self.forget(s)
 
     def _refuse_oversized(self, s: _Stream, count: int) -> None:
         """431, as HTTP/1.1 gets: the connection and the other streams on it go on."""
@@ -549,27 +550,13 @@ class _ServerConnection(_H2Connection):
         if not s.remote_ended:  # the response is complete; the request body is not wanted
             self.reset_stream(s, ErrorCodes.NO_ERROR)
 
-    def _stream_done(self, s: _Stream) -> None:
-        self.forget(s)
-        self.handlers.discard(gevent.getcurrent())
-        if not self.streams:
-            self.conn.busy = False
-            if self.goaway and self.opts.draining():
-                self.close_after_flush("drained")
-
-    def drain(self) -> None:
-        """GOAWAY: no new streams; the connection closes once those in flight finish."""
-        if self.closed:
-            return
-        self.goaway = True
+    def announce_drain(self) -> None:
+        """GOAWAY with the last stream id: those in flight finish, no new ones."""
         try:
             self.h2.close_connection(last_stream_id=self.last_stream_id)
         except H2Error:
             pass
-        if self.streams:
-            self.wake_writer()
-        else:
-            self.close_after_flush("drained")
+        self.wake_writer()
 
     def run(self) -> None:
         self.start(self.opts.max_header_bytes, self.opts.idle_timeout)
@@ -579,9 +566,7 @@ class _ServerConnection(_H2Connection):
             self.close("done")
             # Every stream has been failed (its upstream request cancelled): let them end as
             # they do, with their access log lines, before killing what is left.
-            if self.handlers:
-                gevent.joinall(list(self.handlers), timeout=HANDLERS_GRACE_SECONDS)
-            gevent.killall(list(self.handlers), block=False)
+            self.finish_handlers()
 
 
 class Http2ServerStream(ServerStream):
@@ -666,8 +651,8 @@ class Http2ServerStream(ServerStream):
             self.s.on_reset = callback
 
 
-def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
-    _ServerConnection(conn, opts, handler).run()
+def server(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> ServerConnection:
+    return _ServerConnection(conn, opts, handler)
 
 
 class Http2ClientConnection(_H2Connection, ClientConnection):
@@ -691,7 +676,7 @@ class Http2ClientConnection(_H2Connection, ClientConnection):
 
     @property
     def usable(self) -> bool:
-        return not self.closed and not self.goaway
+        return self.state is ConnectionState.OPEN
 
     def _on_response(self, ev) -> None:
         s = self.streams.get(ev.stream_id)
@@ -717,7 +702,7 @@ class Http2ClientStream(ClientStream):
         c = self.c
         if head.upgrade:
             raise StreamError("cannot switch protocols over HTTP/2")
-        if c.closed or c.goaway:
+        if c.state is not ConnectionState.OPEN:
             raise StreamResetError("upstream connection going away")
         try:
             sid = c.h2.get_next_available_stream_id()
@@ -787,5 +772,5 @@ class Http2ClientStream(ClientStream):
         raise StreamError("cannot switch protocols over HTTP/2")
 
 
-PROTOCOL = Protocol(name="http2", match=match, serve=serve, client=Http2ClientConnection,
+PROTOCOL = Protocol(name="http2", match=match, server=server, client=Http2ClientConnection,
                     multiplexed=True, alpn="h2")

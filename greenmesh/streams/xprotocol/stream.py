@@ -28,10 +28,12 @@ from greenmesh.streams.base import (
     Chunk,
     ClientConnection,
     ClientStream,
+    ConnectionState,
     DownstreamError,
     Headers,
     RequestHead,
     ResponseHead,
+    ServerConnection,
     ServerOptions,
     ServerStream,
     StreamError,
@@ -40,6 +42,7 @@ from greenmesh.streams.base import (
     StreamTimeout,
     Tunnel,
 )
+from greenmesh.streams.multiplex import MultiplexServerConnection
 from greenmesh.streams.xprotocol import CodecError, XCodec, XFrame
 
 log = structlog.get_logger("greenmesh.xprotocol")
@@ -71,25 +74,25 @@ class _WriteQueue(BatchWriter):
         return data
 
 
-class _ServerConnection:
+class _ServerConnection(MultiplexServerConnection):
     def __init__(self, codec: XCodec, conn: Conn, opts: ServerOptions, handler: StreamHandler):
+        super().__init__(conn, opts, handler)
         self.codec = codec
-        self.conn = conn
-        self.opts = opts
-        self.handler = handler
         self.writer = _WriteQueue(conn, self.close, opts.idle_timeout)
-        self.handlers: set[gevent.Greenlet] = set()
-        self.active = 0
 
     def close(self, reason: str) -> None:
+        self.state = ConnectionState.CLOSED
         self.conn.close(reason)
+
+    def close_after_flush(self, reason: str) -> None:
+        self.writer.close_after_flush(reason)
 
     def run(self) -> None:
         codec, conn = self.codec, self.conn
         buf = bytearray()
         try:
             while not conn.closed:
-                data = conn.read(None if self.active else self.opts.idle_timeout)
+                data = conn.read(self.opts.idle_timeout if self.idle else None)
                 if not data:
                     return
                 buf += data
@@ -109,10 +112,11 @@ class _ServerConnection:
             pass
         finally:
             # A client may half-close after its last request: answer what is in flight first.
-            if self.active and not conn.closed:
+            if not self.idle and not conn.closed:
                 gevent.joinall(list(self.handlers), timeout=self.opts.idle_timeout)
             self.writer.close_after_flush("done")
             self.writer.join(timeout=5)
+            self.state = ConnectionState.CLOSED
             gevent.killall(list(self.handlers), block=False)
 
     def _codec_error(self, e: CodecError) -> None:
@@ -128,21 +132,10 @@ class _ServerConnection:
         if frame.heartbeat:
             self.writer.send(self.codec.heartbeat_reply(frame))
             return
-        self.active += 1
-        self.conn.busy = True
-        g = gevent.spawn(self._serve, frame)
-        self.handlers.add(g)
+        self.spawn(self._serve, frame)
 
     def _serve(self, frame: XFrame) -> None:
-        try:
-            self.handler(XServerStream(self, frame))
-        finally:
-            self.handlers.discard(gevent.getcurrent())
-            self.active -= 1
-            if not self.active:
-                self.conn.busy = False
-                if self.opts.draining():
-                    self.writer.close_after_flush("drained")
+        self.handler(XServerStream(self, frame))
 
 
 class _WholeFrames:
@@ -249,7 +242,7 @@ class XClientConnection(ClientConnection):
         self.in_flight: dict[int, XClientStream] = {}
         self.active_streams = 0
         self.streams_opened = 0
-        self.closed = False
+        self.state = ConnectionState.OPEN
         self._next_id = 1
         self._last_read = time.monotonic()
         self._probe: int | None = None
@@ -259,7 +252,7 @@ class XClientConnection(ClientConnection):
 
     @property
     def usable(self) -> bool:
-        return not self.closed
+        return self.state is ConnectionState.OPEN
 
     def allocate_id(self) -> int:
         """The next id not in flight; wraps from max_request_id back to 1."""
@@ -306,7 +299,7 @@ class XClientConnection(ClientConnection):
 
     def _keepalive_loop(self) -> None:
         interval = self.keepalive
-        while not self.closed:
+        while self.state is ConnectionState.OPEN:
             gevent.sleep(interval)
             if self._probe is not None:  # the last probe got no answer in a whole interval
                 self.close("heartbeat unanswered")
@@ -316,9 +309,9 @@ class XClientConnection(ClientConnection):
                 self.writer.send(self.codec.heartbeat(rid))
 
     def close(self, reason: str) -> None:
-        if self.closed:
+        if self.state is ConnectionState.CLOSED:
             return
-        self.closed = True
+        self.state = ConnectionState.CLOSED
         self.conn.close(reason)
         self.writer.stop()
         self._keeper.kill(block=False)
@@ -345,7 +338,7 @@ class XClientStream(_WholeFrames, ClientStream):
         frame = head.native
         if not isinstance(frame, XFrame) or not frame.is_request:
             raise StreamError(f"only {c.codec.name} requests can go to a {c.codec.name} upstream")
-        if c.closed:
+        if c.state is not ConnectionState.OPEN:
             raise StreamReset("upstream connection closed")
         self.rid = c.allocate_id()
         self._oneway = frame.oneway
@@ -391,11 +384,11 @@ class XClientStream(_WholeFrames, ClientStream):
 def make_protocol(codec: XCodec) -> Protocol:
     """A registry entry for an xprotocol codec: the connection code above, shared."""
 
-    def serve(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> None:
-        _ServerConnection(codec, conn, opts, handler).run()
+    def server(conn: Conn, opts: ServerOptions, handler: StreamHandler) -> ServerConnection:
+        return _ServerConnection(codec, conn, opts, handler)
 
     def client(conn: Conn, settings: model.Cluster | None = None) -> ClientConnection:
         return XClientConnection(codec, conn, settings)
 
-    return Protocol(name=codec.name, match=codec.match, serve=serve, client=client,
+    return Protocol(name=codec.name, match=codec.match, server=server, client=client,
                     multiplexed=codec.multiplexed)
