@@ -19,7 +19,9 @@ class Admin:
 
     @property
     def address(self) -> tuple[str, int]:
-        return self._server.address[:2]
+        address = self._server.address
+        assert isinstance(address, tuple)
+        return address[0], address[1]
 
     def start(self) -> None:
         self._server.start()

@@ -120,7 +120,8 @@ class Conn:
             return self._tls_readable_or_closed()
         try:
             # The raw socket: gevent's own recv would wait on EAGAIN instead of reporting it.
-            self.sock._sock.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+            raw = self.sock._sock  # type: ignore[attr-defined]  # gevent's wrapped socket
+            raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
             return True
         except BlockingIOError:
             return False
@@ -131,6 +132,7 @@ class Conn:
         """Over TLS, unread bytes may be harmless records (a TLS 1.3 session ticket): read
         without blocking and see whether application data or the end comes out."""
         sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
         if sock.pending():
             return True
         try:

@@ -45,7 +45,9 @@ class Listener:
     def address(self) -> tuple[str, int]:
         """The bound address (the real port when the config asked for port 0)."""
         assert self._server is not None
-        return self._server.address[:2]
+        address = self._server.address
+        assert isinstance(address, tuple)
+        return address[0], address[1]
 
     def start(self) -> None:
         a = self.config.address

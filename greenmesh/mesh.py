@@ -6,6 +6,8 @@ as needed: all its state hangs off the instance, none off a module.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gevent
 import gevent.event
 import structlog
@@ -19,6 +21,9 @@ from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
 from greenmesh.streams import Registry, default_registry
 from greenmesh.upstream.manager import ClusterManager
+
+if TYPE_CHECKING:
+    from greenmesh.xds.client import XdsClient
 
 log = structlog.get_logger("greenmesh")
 
@@ -34,7 +39,7 @@ class Mesh:
         self.admin: Admin | None = None
         self.running = False
         self._stopped = gevent.event.Event()
-        self.xds = None
+        self.xds: XdsClient | None = None
         # Names the control plane owns (static ones are never touched by xDS, as in Envoy).
         self._dynamic_clusters: set[str] = set()
         self._dynamic_listeners: set[str] = set()

@@ -133,12 +133,13 @@ class CompiledRoute:
         """The upstream cluster for this request: fixed, weighted (random by weight), or named
         by a request header."""
         action = self.route.route
+        assert action is not None  # asked only of routes that forward
         if action.cluster is not None:
             return action.cluster
         if self._weighted is not None:
             names, cumulative, total = self._weighted
             return names[bisect.bisect_right(cumulative, random.random() * total)]
-        value = head.get(action.cluster_header.encode())
+        value = head.get((action.cluster_header or "").encode())
         return value.decode("latin-1") if value else None
 
     def rewrite_path(self, path: bytes, prefix_rewrite: str | None) -> bytes:
@@ -230,8 +231,8 @@ class CompiledRoute:
                 return False
         if self.queries:
             query = _query(head.path)
-            for check in self.queries:
-                if not check.matches(query):
+            for q in self.queries:
+                if not q.matches(query):
                     return False
         return True
 

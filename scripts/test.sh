@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need (pip extras; curl, nghttp2-client, nginx, wrk, haproxy from Debian
-# when missing), lints, and runs the full suite.
+# when missing), lints (ruff), type-checks (mypy, configured in setup.cfg), and runs the full suite.
 EXTRAS=test
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 missing=()
@@ -9,4 +9,5 @@ for tool in curl:curl h2load:nghttp2-client nginx:nginx-light wrk:wrk haproxy:ha
 done
 [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
 .venv/bin/ruff check greenmesh tests bench
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -18,6 +18,7 @@ from greenmesh.config.reader import (
     address,
     duration,
     join,
+    model_default,
     string,
     text,
 )
@@ -33,7 +34,7 @@ def _xds(r: Reader, v: Any, path: str) -> model.Xds | None:
     mark = r.mark()
     server = r.field(obj, path, "server", address)
     fetch = r.field(obj, path, "initial_fetch_timeout", duration,
-                    model.Xds.__dataclass_fields__["initial_fetch_timeout"].default)
+                    model_default(model.Xds, "initial_fetch_timeout"))
     npath = join(path, "node")
     node_obj = r.mapping(obj.get("node"), npath, ("id", "cluster"))
     node = None
@@ -67,7 +68,7 @@ def _declared(value: Any) -> set[str]:
     must not also make every route that names it an error."""
     if not isinstance(value, list):
         return set()
-    return {v.get("name") for v in value if isinstance(v, dict) and isinstance(v.get("name"), str)}
+    return {v["name"] for v in value if isinstance(v, dict) and isinstance(v.get("name"), str)}
 
 
 def load_dict(data: Any, protocols: Iterable[str] | None = None) -> model.MeshConfig:
@@ -85,17 +86,18 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None) -> model.MeshCo
     admin = r.section(obj, "", "admin", _admin)
     xds = r.section(obj, "", "xds", _xds)
     drain = r.field(obj, "", "drain_timeout", duration,
-                    model.MeshConfig.__dataclass_fields__["drain_timeout"].default)
+                    model_default(model.MeshConfig, "drain_timeout"))
 
-    listeners, route_configs = [], []
+    listeners: list[model.Listener | None] = []
+    inline: list[tuple[str, model.RouteConfig | None]] = []
     lpaths = r.items(obj, "", "listeners")
     for p, v in lpaths:
         built = listener(r, v, p)
         listeners.append(built[0] if built else None)
         if built and built[1] is not None:
-            route_configs.append((p, built[1]))
+            inline.append((p, built[1]))
     rpaths = r.items(obj, "", "route_configs")
-    route_configs = [(p, route_config(r, v, p)) for p, v in rpaths] + route_configs
+    route_configs = [(p, route_config(r, v, p)) for p, v in rpaths] + inline
     cpaths = r.items(obj, "", "clusters")
     clusters = [cluster(r, v, p) for p, v in cpaths]
     _unique(r, [(p, lc.name if lc else None) for (p, _), lc in zip(lpaths, listeners,

@@ -22,6 +22,7 @@ from greenmesh.config.reader import (
     duration,
     integer,
     join,
+    model_default,
     one_of,
     own_settings,
     path_prefix,
@@ -81,15 +82,14 @@ def cluster(r: Reader, v: Any, path: str) -> model.Cluster | None:
             else:
                 r.not_honoured(join(path, "lb_policy"),
                                f"{obj['lb_policy']} not supported yet, round robin used")
-    d = model.Cluster.__dataclass_fields__
     values: dict[str, Any] = dict(
         connect_timeout=r.field(obj, path, "connect_timeout", duration,
-                                d["connect_timeout"].default),
+                                model_default(model.Cluster, "connect_timeout")),
         lb_policy=lb)
     for key, convert in (("idle_timeout", duration), ("max_concurrent_streams", positive),
                          ("keepalive_interval", duration)):
         src, src_path = own.get(key, (obj, path))
-        values[key] = r.field(src, src_path, key, convert, d[key].default)
+        values[key] = r.field(src, src_path, key, convert, model_default(model.Cluster, key))
     protocol = _protocol(r, obj, path, own, values)
     endpoints, eds_name = _endpoints(r, obj, path, own, name or "", kind)
     breakers = _breakers(r, obj, path, own)
@@ -324,7 +324,7 @@ def health_check(r: Reader, v: Any, path: str) -> model.HealthCheck | None:
     if (obj.get("http_health_check") is None) == (obj.get("tcp_health_check") is None):
         r.error(path, "expected one of http_health_check, tcp_health_check")
         return None
-    http_path, statuses = None, model.HealthCheck.__dataclass_fields__["expected_statuses"].default
+    http_path, statuses = None, model_default(model.HealthCheck, "expected_statuses")
     if obj.get("http_health_check") is not None:
         hpath = join(path, "http_health_check")
         h = r.mapping(obj["http_health_check"], hpath, ("path", "expected_statuses", "host"))

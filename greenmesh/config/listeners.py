@@ -20,6 +20,7 @@ from greenmesh.config.reader import (
     boolean,
     duration,
     join,
+    model_default,
     one_of,
     own_settings,
     positive,
@@ -73,12 +74,12 @@ def listener(r: Reader, v: Any, path: str
         src, src_path = own.get("protocol", (obj, path))
         values["protocol"] = r.field(src, src_path, "protocol",
                                      one_of((*r.protocols, "auto")), "http1")
-    d = model.Listener.__dataclass_fields__
     for key, convert in (("max_connections", positive), ("max_request_headers_kb", positive),
                          ("idle_timeout", duration), ("access_log", boolean)):
         if key not in values or key in own:
             src, src_path = own.get(key, (obj, path))
-            values[key] = r.field(src, src_path, key, convert, d[key].default)
+            values[key] = r.field(src, src_path, key, convert,
+                                  model_default(model.Listener, key))
     if r.failed_since(mark) or name is None or address is None or tls is INVALID:
         return None
     if inline is not None and values["route_config"] is None:

@@ -36,6 +36,15 @@ class Invalid(Exception):
 INVALID: Any = ...  # what a builder returns for a section that is present but broken
 
 
+def model_default(cls: type, name: str, missing: Any = None) -> Any:
+    """The default a model dataclass gives a field (``missing`` if it has none): defaults live
+    in the model only."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return missing if f.default is dataclasses.MISSING else f.default
+    raise KeyError(name)
+
+
 def join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -120,12 +129,9 @@ class Reader:
                table: tuple[tuple[str, Callable[[Any], Any]], ...]) -> dict[str, Any]:
         """The scalar fields of ``table`` (key, converter), each read with its key path and,
         when absent, the model's own default (the one place defaults live)."""
-        defaults = cls.__dataclass_fields__
         out = {}
         for key, convert in table:
-            default = defaults[key].default
-            out[key] = self.field(obj, path, key, convert,
-                                  ... if default is dataclasses.MISSING else default)
+            out[key] = self.field(obj, path, key, convert, model_default(cls, key, ...))
         return out
 
     def mark(self) -> int:

@@ -19,6 +19,7 @@ from greenmesh.config.reader import (
     count,
     duration,
     join,
+    model_default,
     one_of,
     path_prefix,
     positive,
@@ -104,13 +105,18 @@ def route(r: Reader, v: Any, path: str) -> model.Route | None:
     if len(kinds) != 1:
         r.error(path, "expected exactly one of route, direct_response, redirect")
         return None
-    built = {"route": action, "direct_response": direct_response, "redirect": redirect}[kinds[0]](
-        r, obj[kinds[0]], join(path, kinds[0]))
+    kind = kinds[0]
+    where = join(path, kind)
+    act = action(r, obj[kind], where) if kind == "route" else None
+    direct = direct_response(r, obj[kind], where) if kind == "direct_response" else None
+    redir = redirect(r, obj[kind], where) if kind == "redirect" else None
     name = r.field(obj, path, "name", text, "")
     ops = header_ops(r, obj, path)
-    if r.failed_since(mark) or m is None or built is None or name is None or ops is None:
+    if r.failed_since(mark) or m is None or name is None or ops is None or \
+            (act, direct, redir) == (None, None, None):
         return None
-    return model.Route(match=m, name=name, headers=ops, **{kinds[0]: built})
+    return model.Route(match=m, name=name, headers=ops, route=act, direct_response=direct,
+                       redirect=redir)
 
 
 def match(r: Reader, v: Any, path: str) -> model.RouteMatch | None:
@@ -269,14 +275,16 @@ def redirect(r: Reader, v: Any, path: str) -> model.Redirect | None:
     scheme = r.field(d, path, "scheme_redirect", one_of(("http", "https")), None)
     if r.field(d, path, "https_redirect", boolean, False):
         scheme = "https"
-    values = dict(host_redirect=r.field(d, path, "host_redirect", string, None),
-                  port_redirect=r.field(d, path, "port_redirect", positive, None),
-                  path_redirect=r.field(d, path, "path_redirect", path_prefix, None),
-                  prefix_rewrite=r.field(d, path, "prefix_rewrite", text, None),
-                  strip_query=r.field(d, path, "strip_query", boolean, False))
+    host = r.field(d, path, "host_redirect", string, None)
+    port = r.field(d, path, "port_redirect", positive, None)
+    target = r.field(d, path, "path_redirect", path_prefix, None)
+    prefix = r.field(d, path, "prefix_rewrite", text, None)
+    strip = r.field(d, path, "strip_query", boolean, False)
     if r.failed_since(mark) or code is None:
         return None
-    return model.Redirect(scheme_redirect=scheme, response_code=code, **values)
+    return model.Redirect(scheme_redirect=scheme, host_redirect=host, port_redirect=port,
+                          path_redirect=target, prefix_rewrite=prefix, response_code=code,
+                          strip_query=bool(strip))
 
 
 def _retry_on(r: Reader, path: str) -> Any:
@@ -310,8 +318,8 @@ def retry_policy(r: Reader, v: Any, path: str) -> model.RetryPolicy | None:
             codes.append(status(c))
         except Invalid as e:
             r.error(p, str(e))
-    d = model.RetryPolicy.__dataclass_fields__
-    base, top = d["base_interval"].default, d["max_interval"].default
+    base = model_default(model.RetryPolicy, "base_interval")
+    top = model_default(model.RetryPolicy, "max_interval")
     if obj.get("retry_back_off") is not None:
         bpath = join(path, "retry_back_off")
         b = r.mapping(obj["retry_back_off"], bpath, ("base_interval", "max_interval"))
@@ -393,9 +401,9 @@ def action(r: Reader, v: Any, path: str) -> model.RouteAction | None:
     cluster = r.field(a, path, "cluster", string, None)
     header = r.field(a, path, "cluster_header", string, None)
     weighted = r.section(a, path, "weighted_clusters", _weighted_clusters)
-    d = model.RouteAction.__dataclass_fields__
-    timeout = r.field(a, path, "timeout", duration, d["timeout"].default)
-    idle = r.field(a, path, "idle_timeout", duration, d["idle_timeout"].default)
+    timeout = r.field(a, path, "timeout", duration, model_default(model.RouteAction, "timeout"))
+    idle = r.field(a, path, "idle_timeout", duration,
+                   model_default(model.RouteAction, "idle_timeout"))
     rewrite = r.section(a, path, "regex_rewrite", _regex_rewrite)
     retry = r.section(a, path, "retry_policy", retry_policy)
     hashes = [hash_policy(r, h, p) for p, h in r.items(a, path, "hash_policy")]

@@ -32,7 +32,7 @@ class Protocol:
     match: Callable[[bytes], Match]
     #: The server side of a downstream connection (its listener runs and drains it).
     server: Callable[[Conn, ServerOptions, StreamHandler], ServerConnection]
-    client: Callable[[Conn, model.Cluster], ClientConnection]
+    client: Callable[[Conn, model.Cluster | None], ClientConnection]
     #: Multiplexed protocols share an upstream connection between streams.
     multiplexed: bool = False
     #: The TLS ALPN protocol id ("h2", "http/1.1"), if the protocol has one.

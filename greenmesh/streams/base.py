@@ -298,10 +298,13 @@ class ServerConnection(ABC):
 class ClientConnection(ABC):
     """An upstream connection as a pool sees it."""
 
-    #: How many streams may run on it at once (1 for HTTP/1.1).
-    capacity: int
     active_streams: int
     conn: Conn
+
+    @property
+    @abstractmethod
+    def capacity(self) -> int:
+        """How many streams may run on it at once (1 for HTTP/1.1)."""
 
     @abstractmethod
     def new_stream(self, on_finish: Callable[[ClientConnection, bool], None]) -> ClientStream:

@@ -338,7 +338,6 @@ class Http1ClientConnection(ClientConnection):
     its side, or the connection switched protocols)."""
 
     __slots__ = ("conn", "parser", "writer", "active_streams", "requests", "state")
-    capacity = 1
 
     def __init__(self, conn: Conn, settings: object = None):
         self.conn = conn
@@ -352,6 +351,10 @@ class Http1ClientConnection(ClientConnection):
         self.active_streams = 1
         self.requests += 1
         return Http1ClientStream(self, on_finish, self.requests > 1)
+
+    @property
+    def capacity(self) -> int:
+        return 1
 
     @property
     def usable(self) -> bool:

@@ -10,6 +10,7 @@ do here; the framing rules below are RFC 9112's.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import httptools
 
@@ -73,7 +74,7 @@ class _Parser:
 
     def _new(self) -> None:
         cls = httptools.HttpResponseParser if self._response else httptools.HttpRequestParser
-        self._p = cls(self)
+        self._p: Any = cls(self)  # httptools' request or response parser
         self._begin()
 
     def _begin(self) -> None:
@@ -97,12 +98,12 @@ class _Parser:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        head = self._head
         self._count(len(name) + len(value) + 4)
         if self._trailers is not None:
             self._trailers.append((name.lower(), value))
             return
-        headers = head.headers
+        assert self._head is not None  # llhttp calls on_message_begin first
+        headers = self._head.headers
         if len(headers) >= MAX_HEADERS:
             self._too_large = f"more than {MAX_HEADERS} headers"
             raise ParseError(self._too_large, 431)
@@ -116,6 +117,7 @@ class _Parser:
 
     def on_headers_complete(self) -> None:
         head, p = self._head, self._p
+        assert head is not None
         head.keep_alive = p.should_keep_alive()
         head.upgrade = p.should_upgrade()
         head.version = p.get_http_version()

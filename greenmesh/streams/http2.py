@@ -241,6 +241,11 @@ class _H2Connection:
                                    lambda: h2.backlog, stall_timeout)
         self.wake_writer()
 
+    @property
+    def writer(self) -> BatchWriter:
+        assert self._writer is not None, "start() first"
+        return self._writer
+
     def wake_writer(self) -> None:
         if self._writer is not None:
             self._writer.wake()
@@ -272,7 +277,7 @@ class _H2Connection:
                 # A peer that floods PINGs or SETTINGS but never reads the answers, or does not
                 # read what its streams asked for: no more reading until the writer catches up.
                 if h2.backlog > HIGH_WATER:
-                    self._writer.wait_writable()
+                    self.writer.wait_writable()
         except ConnError:
             pass
         finally:
@@ -287,7 +292,7 @@ class _H2Connection:
         # The writer sends the GOAWAY after what is queued, then closes; a peer that does not
         # read gets a second to take it (nobody else may write the socket meanwhile).
         self.close_after_flush(reason)
-        self._writer.join(GOAWAY_FLUSH_SECONDS)
+        self.writer.join(GOAWAY_FLUSH_SECONDS)
 
     def _on_data(self, ev: DataReceived) -> None:
         s = self.streams.get(ev.stream_id)
@@ -405,12 +410,12 @@ class _H2Connection:
                 if not view:
                     break
                 if h2.backlog > HIGH_WATER:
-                    self._writer.wait_writable()
+                    self.writer.wait_writable()
         except H2Error as e:
             raise self.error(f"{self.side} stream: {e}") from None
         self.wake_writer()
         if h2.backlog > HIGH_WATER:  # a peer that reads slowly holds back this stream only
-            self._writer.wait_writable()
+            self.writer.wait_writable()
 
     def send_headers(self, s: _Stream, headers: Headers, end_stream: bool) -> None:
         if s.reset_code is not None or self.closed:
@@ -715,17 +720,22 @@ class Http2ClientStream(ClientStream):
         headers.extend(head.headers)
         c.send_headers(s, headers, end_stream)
 
+    @property
+    def stream(self) -> _Stream:
+        assert self.s is not None, "send_headers() first"
+        return self.s
+
     def send_data(self, data: bytes, end_stream: bool) -> None:
-        self.c.send_data(self.s, data, end_stream)
+        self.c.send_data(self.stream, data, end_stream)
 
     def send_trailers(self, trailers: Headers) -> None:
-        self.c.send_headers(self.s, trailers, True)
+        self.c.send_headers(self.stream, trailers, True)
 
     def flush(self) -> None:
         self.c.wake_writer()
 
     def read_headers(self, timeout: float | None) -> ResponseHead:
-        item = self.c.read(self.s, timeout, True)
+        item = self.c.read(self.stream, timeout, True)
         if item[0] != HEAD:
             raise StreamResetError("upstream sent data before a response head")
         pseudo, regular = _pseudo_split(item[1])
@@ -738,7 +748,7 @@ class Http2ClientStream(ClientStream):
     def read_body(self, timeout: float | None, block: bool = True) -> Chunk:
         if self._body_done:
             return None
-        item = self.c.read(self.s, timeout, block)
+        item = self.c.read(self.stream, timeout, block)
         if item is WOULD_BLOCK:
             return item
         kind = item[0]

@@ -18,6 +18,7 @@ import queue
 import sys
 import threading
 import time
+import typing
 from concurrent import futures
 from pathlib import Path
 
@@ -37,8 +38,9 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 RDS = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
-FILES = {"clusters.yaml": (CDS, Cluster), "endpoints.yaml": (EDS, ClusterLoadAssignment),
-         "listeners.yaml": (LDS, Listener), "routes.yaml": (RDS, RouteConfiguration)}
+FILES: dict[str, tuple[str, typing.Any]] = {
+    "clusters.yaml": (CDS, Cluster), "endpoints.yaml": (EDS, ClusterLoadAssignment),
+    "listeners.yaml": (LDS, Listener), "routes.yaml": (RDS, RouteConfiguration)}
 
 
 def resource_name(msg) -> str:

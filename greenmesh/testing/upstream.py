@@ -109,7 +109,7 @@ def app(environ, start_response):
 
 def serve(port: int, host: str = "127.0.0.1") -> WSGIServer:
     server = WSGIServer((host, port), app, handler_class=Handler, log=None, error_log=None)
-    server.connections = 0
+    server.connections = 0  # type: ignore[attr-defined]  # counted by Handler
     server.start()
     return server
 

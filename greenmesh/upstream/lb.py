@@ -11,7 +11,7 @@ import bisect
 import hashlib
 import heapq
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol as _Proto
 
 
@@ -187,5 +187,6 @@ class Maglev:
         return self.hosts[self._table[key % self.SIZE]]
 
 
-POLICIES = {"round_robin": RoundRobin, "random": Random, "least_request": LeastRequest,
+POLICIES: dict[str, Callable[[Sequence[Weighted]], Balancer]] = {
+    "round_robin": RoundRobin, "random": Random, "least_request": LeastRequest,
             "ring_hash": RingHash, "maglev": Maglev}

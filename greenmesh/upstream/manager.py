@@ -8,6 +8,7 @@ in flight finish, then its connections close.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterable
@@ -136,8 +137,8 @@ class ClusterManager:
         for name, hc in wanted.items():
             if name not in self._checkers:
                 self._checkers[name] = (hc, gevent.spawn(
-                    health.check_loop, name, lambda n=name: self._checked_hosts(n),
-                    lambda n=name: self.refresh(n), self._registry))
+                    health.check_loop, name, functools.partial(self._checked_hosts, name),
+                    functools.partial(self.refresh, name), self._registry))
 
     def _checked_hosts(self, name: str) -> tuple[model.HealthCheck, tuple[Host, ...]] | None:
         snapshot = self._clusters.get(name)

@@ -87,7 +87,7 @@ class _Pool:
         if not self.breakers.can_wait():
             self.stats.inc(self._k_overflow)
             raise PoolOverflow("too many pending requests")
-        waiter = AsyncResult()
+        waiter: AsyncResult = AsyncResult()
         self._waiters.append(waiter)
         self.breakers.pending += 1
         try:
@@ -115,6 +115,10 @@ class _Pool:
     def _stream(self, cc: ClientConnection) -> ClientStream:
         self.active += 1
         return cc.new_stream(self._release)
+
+    def _release(self, cc: ClientConnection, reusable: bool) -> None:
+        """A stream is done with ``cc`` (the pool decides what becomes of it)."""
+        raise NotImplementedError
 
     def _discard(self, cc: ClientConnection, reason: str) -> None:
         cc.close(reason)
@@ -163,7 +167,8 @@ class ExclusivePool(_Pool):
     def sweep(self, now: float) -> None:
         """Closes connections idle longer than the cluster's idle timeout."""
         limit = self.settings.idle_timeout
-        keep, stale = [], []
+        keep: list[tuple[ClientConnection, float]] = []
+        stale: list[tuple[ClientConnection, float]] = []
         for item in self._idle:
             (keep if now - item[1] <= limit and item[0].usable else stale).append(item)
         if stale:
@@ -212,7 +217,8 @@ class MultiplexPool(_Pool):
                     raise StreamTimeout("upstream connection not ready in time") from None
                 continue
             if self.breakers.can_connect():
-                self._connecting = pending = AsyncResult()
+                pending: AsyncResult = AsyncResult()
+                self._connecting = pending
                 try:
                     cc = self._connect()
                 finally:

@@ -87,7 +87,7 @@ class XdsClient:
         self._outbox: gevent.queue.Queue = gevent.queue.Queue()
         self._main: gevent.Greenlet | None = None
         self._stopped = False
-        self._call = None
+        self._call: Any = None
         # What the control plane gave, kept to rebuild the mesh's dynamic part.
         self._clusters: dict[str, model.Cluster] = {}
         self._endpoints: dict[str, tuple[model.Endpoint, ...]] = {}

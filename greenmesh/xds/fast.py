@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -66,7 +67,7 @@ def _classes() -> dict[str, type]:
 
 
 @functools.cache
-def _cla_class() -> type:
+def _cla_class() -> Any:
     F = descriptor_pb2.FieldDescriptorProto
     fdp = descriptor_pb2.FileDescriptorProto(name="greenmesh_eds_subset.proto",
                                              package=_PACKAGE, syntax="proto3")
@@ -116,7 +117,7 @@ def load_assignment(raw: bytes, pause: Callable[[], None] = lambda: None
     cla = _cla_class().FromString(raw)
     if not _only(cla, "ClusterLoadAssignment"):
         return None
-    out = []
+    out: list[model.Endpoint] = []
     append = out.append
     skipped = _skipped_health()
     Endpoint, Address = model.Endpoint, model.Address

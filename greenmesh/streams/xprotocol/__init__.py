@@ -65,7 +65,8 @@ class XCodec(ABC, Generic[FrameT]):
         Raises CodecError for bytes that cannot be this protocol."""
 
     @abstractmethod
-    def encode(self, frame: FrameT, request_id: int, headers: Headers | None = None) -> bytes:
+    def encode(self, frame: FrameT, request_id: int, headers: Headers | None = None
+               ) -> bytes | bytearray:
         """The frame's bytes under ``request_id``; with ``headers``, its header map replaced
         by them (route or filter header operations), the rest unchanged."""
 

@@ -172,7 +172,8 @@ class BoltCodec(XCodec[BoltFrame]):
         raw = bytes(buf[offset:offset + total])
         return BoltFrame(raw, fields, header.size), offset + total
 
-    def encode(self, frame: BoltFrame, request_id: int, headers: Headers | None = None) -> bytes:
+    def encode(self, frame: BoltFrame, request_id: int, headers: Headers | None = None
+               ) -> bytes | bytearray:
         raw = frame.raw
         if headers is None:
             out = bytearray(raw)

@@ -55,11 +55,11 @@ class _WriteQueue(BatchWriter):
 
     def __init__(self, conn: Conn, on_close: Callable[[str], None],
                  stall_timeout: float | None = STALL_TIMEOUT):
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | bytearray] = []
         self._pending_bytes = 0
         super().__init__(conn, self._take, on_close, lambda: self._pending_bytes, stall_timeout)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         self.wake()
@@ -163,7 +163,7 @@ class _FrameResponseHead(ResponseHead):
         self._headers: Headers | None = None
         super().__init__(status, [], b"", frame, len(frame.raw))
 
-    @property  # type: ignore[override]
+    @property
     def headers(self) -> Headers:
         if self._headers is None:
             self._headers = self.native.headers  # type: ignore[attr-defined]
@@ -212,7 +212,7 @@ class XServerStream(_WholeFrames, ServerStream):
         return self._send(lambda codec, frame: codec.error_response(frame.request_id, reply.flag,
                                                                     reply.status, frame))
 
-    def _send(self, encode: Callable[[XCodec, XFrame], bytes]) -> int:
+    def _send(self, encode: Callable[[XCodec, XFrame], bytes | bytearray]) -> int:
         """The one response, under the client's own request id (none for oneway calls)."""
         if self._done or self.frame.oneway:
             self._done = True
@@ -237,7 +237,7 @@ class XClientConnection(ClientConnection):
     def __init__(self, codec: XCodec, conn: Conn, settings: model.Cluster | None):
         self.codec = codec
         self.conn = conn
-        self.capacity = settings.max_concurrent_streams if settings else 100
+        self._capacity = settings.max_concurrent_streams if settings else 100
         self.keepalive = settings.keepalive_interval if settings else 15.0
         self.in_flight: dict[int, XClientStream] = {}
         self.active_streams = 0
@@ -249,6 +249,10 @@ class XClientConnection(ClientConnection):
         self.writer = _WriteQueue(conn, self.close)
         self._reader = gevent.spawn(self._read_loop)
         self._keeper = gevent.spawn(self._keepalive_loop)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
 
     @property
     def usable(self) -> bool:
