@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
 
 
+def _health_flags(host) -> str:
+    """Envoy's /clusters spelling: ``healthy``, or the reasons a host is out."""
+    import time
+    flags = []
+    if host.health.check_failed:
+        flags.append("/failed_active_hc")
+    if host.health.ejected_until > time.monotonic():
+        flags.append("/failed_outlier_check")
+    return "".join(flags) or "healthy"
+
+
 class Admin:
     def __init__(self, mesh: Mesh, host: str, port: int):
         self.mesh = mesh
@@ -44,6 +55,8 @@ class Admin:
                     lines.append(f"{name}::{h.address}::weight::{h.weight}")
                     lines.append(f"{name}::{h.address}::cx_open::{h.pool.open_connections}")
                     lines.append(f"{name}::{h.address}::cx_idle::{h.pool.idle_connections}")
+                    lines.append(f"{name}::{h.address}::rq_active::{h.pool.active}")
+                    lines.append(f"{name}::{h.address}::health_flags::{_health_flags(h)}")
             status, body = "200 OK", "".join(line + "\n" for line in lines)
         elif path == "/config_dump":
             status = "200 OK"

@@ -184,10 +184,11 @@ class BatchWriter:
     """
 
     __slots__ = ("conn", "_pull", "_backlog", "_stall_timeout", "_on_close", "_wake", "_flushed",
-                 "_close_after", "_greenlet")
+                 "_close_after", "_greenlet", "_on_wait")
 
     def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None],
-                 backlog: Callable[[], int], stall_timeout: float | None = STALL_TIMEOUT):
+                 backlog: Callable[[], int], stall_timeout: float | None = STALL_TIMEOUT,
+                 on_wait: Callable[[], None] = lambda: None):
         self.conn = conn
         self._pull = pull
         self._backlog = backlog
@@ -197,12 +198,20 @@ class BatchWriter:
         self._flushed = gevent.event.Event()
         self._flushed.set()
         self._close_after = ""
+        self._on_wait = on_wait  # a producer must wait: the peer is slower than we are
         self._greenlet = gevent.spawn(self._run)
 
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def backed_up(self) -> bool:
+        """More than HIGH_WATER bytes wait for the socket."""
+        return self._backlog() > HIGH_WATER
+
     def wait_writable(self) -> None:
+        if self._backlog() > HIGH_WATER:
+            self._on_wait()
         while self._backlog() > HIGH_WATER and not self.conn.closed and not self._greenlet.dead:
             self._flushed.clear()
             self._wake.set()

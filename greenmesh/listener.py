@@ -56,6 +56,9 @@ class Listener:
         log.info("listener_started", listener=self.config.name, address=str(a),
                  protocol=self.config.protocol)
 
+    def _count(self, name: str) -> None:
+        self.stats.inc(self._prefix + name)
+
     def _handle(self, sock, peer) -> None:
         stats = self.stats
         if len(self._conns) >= self.config.max_connections:
@@ -74,7 +77,7 @@ class Listener:
             if protocol is not None:
                 opts = ServerOptions(peer=peer, scheme=self._scheme,
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
-                                     idle_timeout=self.config.idle_timeout)
+                                     idle_timeout=self.config.idle_timeout, count=self._count)
                 sc = protocol.server(conn, opts, self.proxy.handle)
                 self._servers.add(sc)
                 if self._draining:  # the listener began to drain while this one was sniffed

@@ -88,6 +88,7 @@ class BoltServer(LoopbackServer):
         self.headers: list[list[tuple[str, str]]] = []  # each request's header map
         self.heartbeats = 0
         self.oneways = 0
+        self.replies = 0  # responses written (late ones included)
         super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -98,6 +99,7 @@ class BoltServer(LoopbackServer):
             with lock:
                 try:
                     conn.sendall(data)
+                    self.replies += 1
                 except OSError:
                     pass
         try:

@@ -37,6 +37,8 @@ class H2Client:
         self.stalled: set[int] = set()  # streams whose data is never acknowledged
         self.goaway: h2.events.ConnectionTerminated | None = None
         self.closed = False
+        self.acked: set[bytes] = set()  # PING payloads acknowledged
+        self._pings = 0
 
     def request(self, method: str, path: str, body: bytes = b"", headers=(),
                 end: bool = True) -> int:
@@ -90,6 +92,17 @@ class H2Client:
             r.reset = ev.error_code
         elif isinstance(ev, h2.events.ConnectionTerminated):
             self.goaway = ev
+        elif isinstance(ev, h2.events.PingAckReceived):
+            self.acked.add(ev.ping_data)
+
+    def ping(self, timeout: float = 10) -> None:
+        """A PING round trip: once it is back, greenmesh has read and handled everything sent
+        before it (it answers frames in order)."""
+        self._pings += 1
+        data = self._pings.to_bytes(8, "big")
+        self.h2.ping(data)
+        self.sock.sendall(self.h2.data_to_send())
+        self.pump(lambda: data in self.acked, timeout)
 
     def done(self, *sids: int) -> bool:
         return all(self.responses[s].ended or self.responses[s].reset is not None for s in sids)

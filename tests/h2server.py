@@ -17,15 +17,17 @@ from tests.harness import LoopbackServer
 class H2Upstream(LoopbackServer):
     def __init__(self, max_streams: int = 100):
         self.max_streams = max_streams
+        self.seen: list[bytes] = []  # the paths of the requests received, on any connection
         super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
-        _Conn(conn, self.max_streams).serve()
+        _Conn(conn, self.max_streams, self.seen).serve()
 
 
 class _Conn:
-    def __init__(self, sock: socket.socket, max_streams: int):
+    def __init__(self, sock: socket.socket, max_streams: int, seen: list[bytes]):
         self.sock = sock
+        self.seen = seen
         self.lock = threading.Lock()
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
@@ -57,6 +59,7 @@ class _Conn:
     def on_event(self, ev) -> None:
         if isinstance(ev, h2.events.RequestReceived):
             self.paths[ev.stream_id] = dict(ev.headers)[b":path"]
+            self.seen.append(self.paths[ev.stream_id])
         elif isinstance(ev, h2.events.DataReceived):
             self.bodies[ev.stream_id] = self.bodies.get(ev.stream_id, b"") + ev.data
             self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -16,10 +17,36 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, never the same one twice in a test run (the kernel may
+    hand a just-released port out again). A port can still be taken before its user binds it:
+    the process harnesses below then start again on fresh ports."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+def until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:
+    """Polls ``predicate`` until it holds (True) or ``timeout`` passes (False): how tests wait
+    for greenmesh to do something, instead of sleeping and hoping it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+
+
+def _with_fresh_port(address: str) -> str:
+    return f"{address.rsplit(':', 1)[0]}:{free_port()}"
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 15.0) -> None:
@@ -43,16 +70,23 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
 
 
 class Upstream:
-    """``greenmesh.testing.upstream`` in its own process."""
+    """``greenmesh.testing.upstream`` in its own process (on a fresh port if its first one was
+    taken meanwhile)."""
 
     def __init__(self, name: str = "upstream"):
         self.name = name
-        self.port = free_port()
         env = dict(os.environ, UPSTREAM_NAME=name)
-        self.proc = subprocess.Popen([sys.executable, "-m", "greenmesh.testing.upstream",
-                                      str(self.port)], env=env, cwd=ROOT,
-                                     stderr=subprocess.DEVNULL)
-        wait_port(self.port, self.proc)
+        for _ in range(3):
+            self.port = free_port()
+            self.proc = subprocess.Popen([sys.executable, "-m", "greenmesh.testing.upstream",
+                                          str(self.port)], env=env, cwd=ROOT,
+                                         stderr=subprocess.DEVNULL)
+            try:
+                wait_port(self.port, self.proc)
+                return
+            except RuntimeError:  # exited: most likely its port was taken
+                continue
+        raise RuntimeError("the test upstream does not start")
 
     @property
     def address(self) -> str:
@@ -64,25 +98,87 @@ class Upstream:
 
 
 class Greenmesh:
-    """The ``greenmesh`` CLI in its own process, logging JSON to a file."""
+    """The ``greenmesh`` CLI in its own process, logging JSON to a file.
+
+    If one of its ports was taken between ``free_port()`` and its bind, it starts again on fresh
+    ports, rewriting the addresses in ``config`` in place (tests read ports from it)."""
 
     def __init__(self, config: dict, tmp: Path, log_level: str = "info"):
         self.config = config
         self.stopped_by_test = False
         tmp.mkdir(parents=True, exist_ok=True)
         self.path = tmp / "mesh.yaml"
-        self.path.write_text(yaml.safe_dump(config))
         self.log_path = tmp / "greenmesh.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "greenmesh.cli", "--config",
-                                      str(self.path), "--log-format", "json",
-                                      "--log-level", log_level],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        for lst in config.get("listeners", []):
-            wait_port(int(lst["address"].rsplit(":", 1)[1]), self.proc)
+        for attempt in range(3):
+            self.path.write_text(yaml.safe_dump(config))
+            self._log = open(self.log_path, "wb")
+            self.proc = subprocess.Popen([sys.executable, "-m", "greenmesh.cli", "--config",
+                                          str(self.path), "--log-format", "json",
+                                          "--log-level", log_level],
+                                         cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+            try:
+                for lst in config.get("listeners", []):
+                    wait_port(int(lst["address"].rsplit(":", 1)[1]), self.proc)
+                if config.get("admin"):
+                    wait_port(self.admin_port, self.proc)
+                return
+            except RuntimeError:
+                self._log.close()
+                if attempt == 2 or b"Address already in use" not in self.log_path.read_bytes():
+                    raise
+                for lst in config.get("listeners", []):
+                    lst["address"] = _with_fresh_port(lst["address"])
+                config["admin"]["address"] = _with_fresh_port(config["admin"]["address"])
 
     def port(self, index: int = 0) -> int:
         return int(self.config["listeners"][index]["address"].rsplit(":", 1)[1])
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.config["admin"]["address"].rsplit(":", 1)[1])
+
+    def stats(self) -> dict[str, int]:
+        """The admin's counters."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", "/stats")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+
+    def host_value(self, cluster: str, host: str, name: str) -> str:
+        """A host's entry in the admin's /clusters (Envoy's ``cluster::host::name::value``)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", "/clusters")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        for line in text.splitlines():
+            c, h, n, v = line.split("::", 3)
+            if (c, h, n) == (cluster, host, name):
+                return v
+        return ""
+
+    def host_stat(self, cluster: str, host: str, name: str) -> int:
+        return int(self.host_value(cluster, host, name) or 0)
+
+    def stat(self, name: str) -> int:
+        return self.stats().get(name, 0)
+
+    def wait_stat(self, name: str, at_least: int = 1, timeout: float = 10.0) -> int:
+        """Waits until a counter reaches ``at_least`` (Envoy's integration tests' way) and
+        returns it; fails the test if it does not in time."""
+        assert until(lambda: self.stat(name) >= at_least, timeout), \
+            f"{name} stayed at {self.stat(name)}, expected {at_least}"
+        return self.stat(name)
+
+    def wait_log(self, event: str, timeout: float = 10.0) -> list[dict]:
+        """The log entries of ``event``, once there is one."""
+        assert until(lambda: any(e.get("event") == event for e in self.logs()), timeout), \
+            f"no {event} in the log"
+        return [e for e in self.logs() if e.get("event") == event]
 
     @property
     def url(self) -> str:
@@ -147,10 +243,11 @@ class LoopbackServer:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
+        self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
         self.connections = 0
+        self.closed = 0  # connections this server has closed
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -197,6 +294,7 @@ class RawUpstream(LoopbackServer):
             return
         finally:
             conn.close()
+            self.closed += 1
 
 
 def reset(conn: socket.socket) -> None:

@@ -331,11 +331,11 @@ def test_one_bad_client_does_not_disturb_others(upstream, start_mesh):
 def test_max_connections_limit(upstream, start_mesh):
     gm = start_mesh(mesh_config([upstream.address], listener={"max_connections": 2}))
     held = [socket.create_connection(("127.0.0.1", gm.port())) for _ in range(2)]
-    time.sleep(0.2)
+    gm.wait_stat("listener.ingress.downstream_cx_total", 2)
     extra = socket.create_connection(("127.0.0.1", gm.port()), timeout=5)
     assert extra.recv(10) == b""  # closed at once
     held[0].close()
-    time.sleep(0.2)
+    gm.wait_stat("listener.ingress.downstream_cx_destroy", 1)
     assert raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                        ).startswith(b"HTTP/1.1 200")
     held[1].close()

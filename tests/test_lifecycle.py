@@ -6,11 +6,10 @@ import http.client
 import signal
 import socket
 import threading
-import time
 
 import pytest
 
-from tests.harness import mesh_config
+from tests.harness import mesh_config, until
 
 
 def test_sigterm_drains_requests_in_flight(upstream, start_mesh):
@@ -26,11 +25,12 @@ def test_sigterm_drains_requests_in_flight(upstream, start_mesh):
     t = threading.Thread(target=slow)
     t.start()
     idle = socket.create_connection(("127.0.0.1", gm.port()))  # keep-alive, between requests
-    time.sleep(0.3)
+    idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    assert until(lambda: gm.host_stat("backend", upstream.address, "rq_active") == 1)
     gm.stopped_by_test = True
     gm.proc.send_signal(signal.SIGTERM)
-    assert idle.recv(10) == b""  # an idle connection is closed at once
-    time.sleep(0.2)
+    assert idle.recv(10) == b""  # an idle connection is closed at once (after the listener)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", gm.port()), timeout=1)
     t.join(10)

@@ -9,7 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.harness import RawUpstream, mesh_config, raw_request
+from tests.harness import RawUpstream, mesh_config, raw_request, until
 
 
 def get(port: int, path: str = "/", timeout: float = 10) -> http.client.HTTPResponse:
@@ -72,7 +72,7 @@ def test_idle_upstream_close_is_noticed_without_a_retry(start_mesh):
     cfg = mesh_config([up.address])
     gm = start_mesh(cfg)
     assert get(gm.port()).body == b"ok"
-    time.sleep(0.5)
+    assert until(lambda: up.closed == 1)  # the upstream closed the idle connection
     assert get(gm.port()).body == b"ok"
     assert up.connections == 2
     stats = admin_stats(cfg)
@@ -87,27 +87,21 @@ def fds(pid: int) -> int:
 def assert_nothing_left(cfg: dict, gm, baseline: int, pooled_at_baseline: int) -> None:
     """Every downstream connection destroyed; open fds = the baseline's, plus idle pooled
     upstream connections (counted by the pool), minus those pooled at the baseline."""
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
+    def all_destroyed() -> bool:
         stats = admin_stats(cfg)
-        if stats["listener.ingress.downstream_cx_total"] == \
-                stats["listener.ingress.downstream_cx_destroy"]:
-            break
-        time.sleep(0.2)
-    assert stats["listener.ingress.downstream_cx_total"] == \
-        stats["listener.ingress.downstream_cx_destroy"], stats
-    time.sleep(0.3)
-    clusters = get(int(cfg["admin"]["address"].rsplit(":", 1)[1]), "/clusters").body.decode()
-    idle = int(clusters.split("::cx_idle::")[1].split()[0])
-    opened = int(clusters.split("::cx_open::")[1].split()[0])
-    assert idle == opened, clusters
+        return stats["listener.ingress.downstream_cx_total"] == \
+            stats["listener.ingress.downstream_cx_destroy"]
+    assert until(all_destroyed, timeout=8), admin_stats(cfg)
+    host = cfg["clusters"][0]["endpoints"][0]["address"]
+    # Every upstream connection still open is idle in the pool (none is stuck mid-stream).
+    assert until(lambda: gm.host_stat("backend", host, "cx_idle")
+                 == gm.host_stat("backend", host, "cx_open"))
+    idle = gm.host_stat("backend", host, "cx_idle")
     # (The admin connection just used may take a moment to close, and so may a probe that was
     # open at the baseline; a leak stays.)
     expected = baseline - pooled_at_baseline + idle
-    deadline = time.monotonic() + 2
-    while fds(gm.proc.pid) > expected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert fds(gm.proc.pid) <= expected, (fds(gm.proc.pid), baseline, idle)
+    assert until(lambda: fds(gm.proc.pid) <= expected, timeout=2), \
+        (fds(gm.proc.pid), baseline, idle)
 
 
 def test_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh):
@@ -216,7 +210,8 @@ def test_http2_abuse_leaves_no_socket_or_connection_behind(upstream, start_mesh)
                     break
                 out += chunk
         return out
-    time.sleep(0.5)  # the start-up probe's connection closes
+    assert until(lambda: gm.stat("listener.ingress.downstream_cx_destroy") ==
+                 gm.stat("listener.ingress.downstream_cx_total"))  # the start-up probe closed
     baseline = fds(gm.proc.pid)
     with ThreadPoolExecutor(20) as ex:
         answers = list(ex.map(hit, range(len(abuse) * 4)))

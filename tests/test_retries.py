@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import time
 
-from tests.harness import RawUpstream, free_port, mesh_config
+from tests.harness import RawUpstream, free_port, mesh_config, until
 
 
 def failing(status: int = 503):
@@ -160,12 +160,14 @@ def test_health_checks_flip_hosts_out_and_back(upstream, start_mesh):
             resp.read()
             out.add(resp.getheader("x-upstream"))
         return out
+    def flags() -> str:
+        return gm.host_value("backend", up2.address, "health_flags")
     assert served_by() == {"up1", "flaky"}
     state["healthy"] = False
-    time.sleep(0.6)  # two failed checks
+    assert until(lambda: flags() == "/failed_active_hc")  # two failed checks
     assert served_by() == {"up1"}
     state["healthy"] = True
-    time.sleep(0.4)  # one good check brings it back
+    assert until(lambda: flags() == "healthy")  # one good check brings it back
     assert served_by() == {"up1", "flaky"}
     assert any(b"GET /healthz " in r for r in up2.requests)
     up2.stop()
@@ -179,7 +181,8 @@ def test_all_hosts_unhealthy_is_panic_not_an_outage(start_mesh):
     cfg = mesh_config([a.address, b.address], cluster={"health_checks": [{
         "interval": "100ms", "unhealthy_threshold": 1, "http_health_check": {"path": "/healthz"}}]})
     gm = start_mesh(cfg)
-    time.sleep(0.4)
+    assert until(lambda: all(gm.host_value("backend", u.address, "health_flags")
+                             == "/failed_active_hc" for u in (a, b)))
     assert [get(gm.port())[0] for _ in range(4)] == [200] * 4  # panic: all hosts used
     a.stop()
     b.stop()
@@ -192,9 +195,9 @@ def test_circuit_breakers_max_requests_and_max_retries(upstream, start_mesh):
     results = []
     ts = [threading.Thread(target=lambda: results.append(get(gm.port(), "/delay/0.3")))
           for _ in range(2)]
-    for t in ts:
-        t.start()
-        time.sleep(0.05)
+    ts[0].start()
+    assert until(lambda: gm.host_stat("backend", upstream.address, "rq_active") == 1)
+    ts[1].start()
     for t in ts:
         t.join()
     assert sorted(s for s, _ in results) == [200, 503]
@@ -231,7 +234,7 @@ def test_tcp_health_check_and_auto_host_rewrite(upstream, start_mesh):
         cluster={"health_checks": [{"interval": "100ms", "unhealthy_threshold": 1,
                                     "tcp_health_check": {}}]})
     gm = start_mesh(cfg)
-    time.sleep(0.4)  # the refused host fails its TCP check
+    assert until(lambda: gm.host_value("backend", dead, "health_flags") == "/failed_active_hc")
     import json
     for _ in range(4):
         status, body = get(gm.port(), "/echo")

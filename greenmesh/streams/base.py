@@ -327,6 +327,8 @@ class ServerOptions:
     max_header_bytes: int = 60 * 1024
     idle_timeout: float | None = 300.0
     scheme: bytes = b"http"
+    #: Counts a listener stat (``downstream_flow_control_paused_reading_total``...).
+    count: Callable[[str], None] = lambda name: None
 
 
 StreamHandler = Callable[[ServerStream], None]

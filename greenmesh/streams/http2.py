@@ -210,6 +210,7 @@ class _H2Connection:
         self.streams: dict[int, _Stream] = {}
         self.state = ConnectionState.OPEN  # DRAINING once a GOAWAY went either way
         self._writer: BatchWriter | None = None
+        self._count: Callable[[str], None] = lambda name: None
         self._dispatch: dict[type, Callable] = {
             DataReceived: self._on_data, StreamEnded: self._on_ended,
             TrailersReceived: self._on_trailers, StreamReset: self._on_reset,
@@ -222,7 +223,8 @@ class _H2Connection:
         return self.state is ConnectionState.CLOSED
 
     def start(self, max_header_bytes: int | None = None,
-              stall_timeout: float | None = STALL_TIMEOUT) -> None:
+              stall_timeout: float | None = STALL_TIMEOUT,
+              count: Callable[[str], None] = lambda name: None) -> None:
         h2 = self.h2
         settings = {
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
@@ -237,8 +239,10 @@ class _H2Connection:
                                                     initial_values=settings)
         h2.initiate_connection()
         h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self._count = count
         self._writer = BatchWriter(self.conn, h2.data_to_send, self.close,
-                                   lambda: h2.backlog, stall_timeout)
+                                   lambda: h2.backlog, stall_timeout,
+                                   lambda: count("downstream_flow_control_backed_up_total"))
         self.wake_writer()
 
     @property
@@ -277,6 +281,7 @@ class _H2Connection:
                 # A peer that floods PINGs or SETTINGS but never reads the answers, or does not
                 # read what its streams asked for: no more reading until the writer catches up.
                 if h2.backlog > HIGH_WATER:
+                    self._count("downstream_flow_control_paused_reading_total")
                     self.writer.wait_writable()
         except ConnError:
             pass
@@ -564,7 +569,7 @@ class _ServerConnection(_H2Connection, MultiplexServerConnection):
         self.wake_writer()
 
     def run(self) -> None:
-        self.start(self.opts.max_header_bytes, self.opts.idle_timeout)
+        self.start(self.opts.max_header_bytes, self.opts.idle_timeout, self.opts.count)
         try:
             self.read_loop(self.opts.idle_timeout)
         finally:

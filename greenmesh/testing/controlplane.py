@@ -167,15 +167,25 @@ class ControlPlane:
         stream.out.put(None)
 
 
-def _load_dir(cp: ControlPlane, d: Path, seen: dict[str, float]) -> None:
+def _load_dir(cp: ControlPlane, d: Path, seen: dict[str, str]) -> None:
+    """Pushes each file whose content changed (not its mtime: a second edit within the
+    filesystem's timestamp granularity must not be missed)."""
     import yaml
     for filename, (type_url, cls) in FILES.items():
         path = d / filename
-        if not path.exists() or seen.get(filename) == path.stat().st_mtime:
+        if not path.exists():
             continue
-        seen[filename] = path.stat().st_mtime
-        items = yaml.safe_load(path.read_text()) or []
-        cp.set(type_url, [cls.from_dict(item) for item in items])
+        text = path.read_text()
+        if seen.get(filename) == text:
+            continue
+        try:
+            items = yaml.safe_load(text) or []
+            resources = [cls.from_dict(item) for item in items]
+        except Exception as e:  # half-written, or wrong: said, and tried again next time
+            sys.stderr.write(f"{path}: {e}\n")
+            continue
+        seen[filename] = text
+        cp.set(type_url, resources)
 
 
 def main() -> None:
@@ -184,7 +194,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, required=True)
     args = ap.parse_args()
     cp = ControlPlane(args.port)
-    seen: dict[str, float] = {}
+    seen: dict[str, str] = {}
     sys.stdout.write(f"control plane on 127.0.0.1:{cp.port}, serving {args.dir}\n")
     sys.stdout.flush()
     while True:

@@ -108,7 +108,10 @@ def app(environ, start_response):
 
 
 def serve(port: int, host: str = "127.0.0.1") -> WSGIServer:
-    server = WSGIServer((host, port), app, handler_class=Handler, log=None, error_log=None)
+    # A deep accept queue: a test may open hundreds of connections at once, and a SYN dropped
+    # on a full queue is only retried after a second.
+    server = WSGIServer((host, port), app, handler_class=Handler, log=None, error_log=None,
+                        backlog=1024)
     server.connections = 0  # type: ignore[attr-defined]  # counted by Handler
     server.start()
     return server

@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import gevent
 import structlog
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.timeout import Timeout
 
 from greenmesh import model
-from greenmesh.conn import STALL_TIMEOUT, BatchWriter, Conn, ConnError
+from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
 from greenmesh.failures import LocalReply, ResponseFlag
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import (
@@ -54,10 +54,12 @@ class _WriteQueue(BatchWriter):
     __slots__ = ("_pending", "_pending_bytes")
 
     def __init__(self, conn: Conn, on_close: Callable[[str], None],
-                 stall_timeout: float | None = STALL_TIMEOUT):
+                 stall_timeout: float | None = STALL_TIMEOUT,
+                 on_wait: Callable[[], None] = lambda: None):
         self._pending: list[bytes | bytearray] = []
         self._pending_bytes = 0
-        super().__init__(conn, self._take, on_close, lambda: self._pending_bytes, stall_timeout)
+        super().__init__(conn, self._take, on_close, lambda: self._pending_bytes, stall_timeout,
+                         on_wait)
 
     def send(self, data: bytes | bytearray) -> None:
         self._pending.append(data)
@@ -75,10 +77,17 @@ class _WriteQueue(BatchWriter):
 
 
 class _ServerConnection(MultiplexServerConnection):
+    """Reads no further while the requests it is serving hold more than HIGH_WATER bytes (they
+    are forwarded and answered asynchronously, so a fast client could otherwise queue any
+    number), or while the client leaves more than HIGH_WATER of responses unread."""
+
     def __init__(self, codec: XCodec, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         super().__init__(conn, opts, handler)
         self.codec = codec
         self.writer = _WriteQueue(conn, self.close, opts.idle_timeout)
+        self._paused = lambda: opts.count("downstream_flow_control_paused_reading_total")
+        self.inflight_bytes = 0  # of the requests being served
+        self._room = Event()
 
     def close(self, reason: str) -> None:
         self.state = ConnectionState.CLOSED
@@ -107,7 +116,12 @@ class _ServerConnection(MultiplexServerConnection):
                         break
                     self._dispatch(frame)
                 del buf[:offset]
-                self.writer.wait_writable()  # a client not reading its responses: stop reading
+                if self.writer.backed_up or self.inflight_bytes > HIGH_WATER:
+                    self._paused()
+                    self.writer.wait_writable()  # a client not reading its responses
+                    while self.inflight_bytes > HIGH_WATER and not conn.closed:
+                        self._room.clear()
+                        self._room.wait()  # requests coming faster than they are answered
         except ConnError:
             pass
         finally:
@@ -132,10 +146,16 @@ class _ServerConnection(MultiplexServerConnection):
         if frame.heartbeat:
             self.writer.send(self.codec.heartbeat_reply(frame))
             return
+        self.inflight_bytes += len(frame.raw)
         self.spawn(self._serve, frame)
 
     def _serve(self, frame: XFrame) -> None:
-        self.handler(XServerStream(self, frame))
+        try:
+            self.handler(XServerStream(self, frame))
+        finally:
+            self.inflight_bytes -= len(frame.raw)
+            if self.inflight_bytes <= HIGH_WATER:
+                self._room.set()
 
 
 class _WholeFrames:
