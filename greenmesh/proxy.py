@@ -14,6 +14,7 @@ import gevent
 import structlog
 
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
+from greenmesh.mirror import send_mirror
 from greenmesh.retry import RetryState
 from greenmesh.router import CompiledRoute, RouteTable
 from greenmesh.stats import Stats
@@ -288,47 +289,8 @@ class Proxy:
             breakers.end_request(retries.done)
         if action.request_mirror_policies and _replayable_body(stream, ex):
             for mirror in action.request_mirror_policies:
-                gevent.spawn(self._mirror, mirror, head, list(ex.replay), stream.trailers,
-                             timeout)
-
-    def _mirror(self, name: str, head: RequestHead, body: list[bytes], trailers,
-                timeout: float | None) -> None:
-        """A copy of the request to another cluster; its answer is read and dropped."""
-        cluster = self._clusters.get(name)
-        host = cluster.pick() if cluster is not None else None
-        key = f"cluster.{name}.upstream_rq_mirror"
-        if host is None:
-            self._stats.inc(key + "_failed")
-            return
-        shadow = RequestHead(head.method, head.path, head.authority + b"-shadow", head.scheme,
-                             list(head.headers))
-        try:
-            cs = host.pool.new_stream(timeout)
-        except StreamError:
-            self._stats.inc(key + "_failed")
-            return
-        try:
-            cs.send_headers(shadow, end_stream=not body and not trailers)
-            if body or trailers:
-                for chunk in body[:-1]:
-                    cs.send_data(chunk, end_stream=False)
-                if trailers:
-                    if body:
-                        cs.send_data(body[-1], end_stream=False)
-                    cs.send_trailers(trailers)
-                else:
-                    cs.send_data(body[-1], end_stream=True)
-            resp = cs.read_headers(timeout)
-            while resp.status < 200:
-                resp = cs.read_headers(timeout)
-            while cs.read_body(timeout) is not None:
-                pass
-            self._stats.inc(key)
-        except StreamError:
-            self._stats.inc(key + "_failed")
-            cs.reset("mirror failed")
-        finally:
-            cs.finish()
+                gevent.spawn(send_mirror, self._clusters.get(mirror), self._stats, mirror, head,
+                             list(ex.replay), stream.trailers, timeout)
 
     @staticmethod
     def _give_up(retries: RetryState, answer: _Answer) -> _Answer:
