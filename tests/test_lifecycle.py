@@ -26,7 +26,10 @@ def test_sigterm_drains_requests_in_flight(upstream, start_mesh):
     t.start()
     idle = socket.create_connection(("127.0.0.1", gm.port()))  # keep-alive, between requests
     idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    answer = b""
+    while not answer.endswith(b"hello from up1\n"):  # the whole response, head and body
+        answer += idle.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
     assert until(lambda: gm.host_stat("backend", upstream.address, "rq_active") == 1)
     gm.stopped_by_test = True
     gm.proc.send_signal(signal.SIGTERM)
