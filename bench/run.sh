@@ -9,7 +9,7 @@ for tool in wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client; do
 done
 [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
 case "${1:-all}" in
-  http1|http2|http2_floor|http2_lean_floor|bolt|xds) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
+  http1|http2|http2_floor|bolt|xds) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
   all) .venv/bin/python bench/http1.py && .venv/bin/python bench/http2.py && .venv/bin/python bench/bolt.py && .venv/bin/python bench/xds.py ;;
-  *) echo "usage: bench/run.sh [http1|http2|http2_floor|http2_lean_floor|bolt|xds [ARGS]]" >&2; exit 2 ;;
+  *) echo "usage: bench/run.sh [http1|http2|http2_floor|bolt|xds [ARGS]]" >&2; exit 2 ;;
 esac

@@ -22,10 +22,12 @@ class Response:
 
 
 class H2Client:
-    def __init__(self, port: int, window: int = 65535):
+    def __init__(self, port: int, window: int = 65535, checked: bool = True):
+        """``checked=False``: h2 sends whatever it is given (to send malformed requests)."""
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None))
+            client_side=True, header_encoding=None, validate_outbound_headers=checked,
+            normalize_outbound_headers=checked))
         self.h2.initiate_connection()
         # Like real clients: a connection window well above one stream's, so that one stalled
         # stream cannot use it all up.
@@ -48,6 +50,14 @@ class H2Client:
                              end_stream=end and not body)
         if body:
             self.h2.send_data(sid, body, end_stream=end)
+        self.sock.sendall(self.h2.data_to_send())
+        self.responses[sid] = Response()
+        return sid
+
+    def send(self, headers: list, end: bool = True) -> int:
+        """A request made of exactly these header fields."""
+        sid = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(sid, headers, end_stream=end)
         self.sock.sendall(self.h2.data_to_send())
         self.responses[sid] = Response()
         return sid

@@ -8,6 +8,7 @@ import threading
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 
@@ -15,19 +16,22 @@ from tests.harness import LoopbackServer
 
 
 class H2Upstream(LoopbackServer):
-    def __init__(self, max_streams: int = 100):
+    def __init__(self, max_streams: int = 100, refuse: int = 0):
         self.max_streams = max_streams
         self.seen: list[bytes] = []  # the paths of the requests received, on any connection
+        self.refuse = refuse  # the first so many streams get RST_STREAM REFUSED_STREAM
         super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
-        _Conn(conn, self.max_streams, self.seen).serve()
+        _Conn(conn, self.max_streams, self.seen, self).serve()
 
 
 class _Conn:
-    def __init__(self, sock: socket.socket, max_streams: int, seen: list[bytes]):
+    def __init__(self, sock: socket.socket, max_streams: int, seen: list[bytes],
+                 server: H2Upstream):
         self.sock = sock
         self.seen = seen
+        self.server = server
         self.lock = threading.Lock()
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=False, header_encoding=None))
@@ -67,7 +71,10 @@ class _Conn:
             self.trailers[ev.stream_id] = dict(ev.headers)
         elif isinstance(ev, h2.events.StreamEnded):
             path = self.paths[ev.stream_id]
-            if path == b"/die":  # the whole connection goes, mid-flight
+            if self.server.refuse > 0:
+                self.server.refuse -= 1
+                self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            elif path == b"/die":  # the whole connection goes, mid-flight
                 threading.Timer(0.2, self.sock.shutdown, (socket.SHUT_RDWR,)).start()
             elif path == b"/slow":
                 threading.Timer(0.5, self.answer, (ev.stream_id,)).start()
