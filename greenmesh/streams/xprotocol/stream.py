@@ -131,7 +131,7 @@ class _ServerConnection(MultiplexServerConnection):
             self.writer.close_after_flush("done")
             self.writer.join(timeout=5)
             self.state = ConnectionState.CLOSED
-            gevent.killall(list(self.handlers), block=False)
+            self.finish_handlers(grace=0)
 
     def _codec_error(self, e: CodecError) -> None:
         log.info("bad_request", peer=self.opts.peer, protocol=self.codec.name, error=str(e))
