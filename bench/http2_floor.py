@@ -22,7 +22,7 @@ import time
 from common import ROOT  # noqa: F401  (puts the project on sys.path)
 from hpack import Decoder, Encoder
 
-from greenmesh.streams.http2_codec import H2Codec
+from greenmesh.streams.http2.codec import H2Codec
 
 CLIENTS, STREAMS = 10, 10
 REQUEST = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),

@@ -9,14 +9,9 @@ import struct
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from greenmesh.streams.http2_codec import (
-    GOAWAY,
-    PREFACE,
-    RECENTLY_CLOSED,
-    RST_STREAM,
-    ConnectionError_,
-    H2Codec,
-)
+from greenmesh.streams.http2.codec import H2Codec
+from greenmesh.streams.http2.frames import GOAWAY, PREFACE, RECENTLY_CLOSED, RST_STREAM
+from greenmesh.streams.http2.state import ConnectionError_
 
 FRAME = struct.Struct(">BHBBL")
 GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"t"), (b":path", b"/")]
@@ -215,7 +210,7 @@ def test_cached_decoding_matches_hpack_exactly(blocks):
     """The caches give what hpack alone gives, and leave the dynamic table as it would."""
     from hpack import Decoder, Encoder
 
-    from greenmesh.streams.http2_headers import HeaderCodec
+    from greenmesh.streams.http2.headers import HeaderCodec
     enc, reference, ours = Encoder(), Decoder(), HeaderCodec(1 << 16)
     for literal, fields in blocks:
         block = _nginx_like(fields) if literal else enc.encode(fields)

@@ -1,5 +1,5 @@
 """HTTP/2 header blocks: HPACK (the ``hpack`` library) with block caches, and the validation RFC
-9113 section 8 asks of every field (sans-IO, used by ``http2_codec``).
+9113 section 8 asks of every field (sans-IO, used by the codec).
 
 HPACK is most of what HTTP/2 costs a proxy (the issue's measurement: 74 of MOSN's 98 µs per
 request). Traffic repeats itself: once a client's headers are in the dynamic table, it sends the
