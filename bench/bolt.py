@@ -1,10 +1,13 @@
 """bolt benchmark on loopback.
 
-A batched Python bolt echo server is the upstream. bench/bolt_load.py keeps N connections x M
-requests in flight for 5 s after a 1 s warm-up, in interleaved rounds; the table shows medians.
-Targets: the echo server directly; greenmesh with a multiplexed upstream (all requests share
-one connection); greenmesh with one request per upstream connection at a time
+A batched Python bolt echo server is the upstream. bench/bolt_load.py (pinned to core 0) keeps N
+connections x M requests in flight for 5 s after a 1 s warm-up, in interleaved rounds; the table
+shows medians and each proxy's CPU per request (pinned to core 1). Targets: the echo server
+directly; MOSN on one core; greenmesh with a multiplexed upstream (all requests share one
+connection, the path users run); greenmesh with one request per upstream connection at a time
 (max_concurrent_streams: 1), to show what multiplexing buys.
+
+    .venv/bin/python bench/bolt.py [--rounds N] [--seconds S] [--only TARGET ...]
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ import tempfile
 from pathlib import Path
 
 from common import (
+    LOAD_CORE,
     ROOT,
+    Target,
     free_port,
     greenmesh,
+    mosn,
+    pinned,
     print_table,
     run_rounds,
     stop_all,
@@ -51,41 +58,53 @@ clusters:
 """
 
 
-def load(port: int, conns: int, in_flight: int, seconds: int) -> dict:
-    out = subprocess.run([sys.executable, str(BENCH / "bolt_load.py"), str(port), str(conns),
-                          str(in_flight), str(seconds)], capture_output=True, text=True,
-                         timeout=seconds + 60, cwd=BENCH)
-    return json.loads(out.stdout)
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--in-flight", type=int, default=10)
+    ap.add_argument("--only", nargs="*", help="targets to measure (default: all)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="greenmesh-bench-bolt-"))
     up = free_port()
-    ports = {"direct": up, "greenmesh multiplexed": free_port(),
-             "greenmesh one per request": free_port()}
-    procs = [subprocess.Popen([sys.executable, str(BENCH / "bolt_echo.py"), str(up)],
-                              cwd=BENCH),
-             greenmesh(tmp, "gm-mux", config(ports["greenmesh multiplexed"], up, 100000)),
-             greenmesh(tmp, "gm-one", config(ports["greenmesh one per request"], up, 1))]
+    procs = [subprocess.Popen([sys.executable, str(BENCH / "bolt_echo.py"), str(up)], cwd=BENCH)]
+    wait_port(up)
+    ports = {"greenmesh multiplexed": free_port(), "greenmesh one per request": free_port()}
+    started = {"greenmesh multiplexed": greenmesh(tmp, "gm-mux", config(
+                   ports["greenmesh multiplexed"], up, 100000)),
+               "greenmesh one per request": greenmesh(tmp, "gm-one", config(
+                   ports["greenmesh one per request"], up, 1))}
+    m = mosn(tmp, free_port(), free_port(), up)
+    if m is not None:
+        started["MOSN"] = m[0]
+        ports["MOSN"] = m[1]["bolt"]
+    procs += started.values()
+
+    def load(port: int, seconds: int) -> dict:
+        out = subprocess.run(pinned([sys.executable, str(BENCH / "bolt_load.py"), str(port),
+                                     str(args.connections), str(args.in_flight), str(seconds)],
+                                    LOAD_CORE), capture_output=True, text=True,
+                             timeout=seconds + 60, cwd=BENCH)
+        return json.loads(out.stdout)
+    order = ["MOSN", "greenmesh multiplexed", "greenmesh one per request"]
+    targets = [Target("direct", up, None, load)] + [
+        Target(n, ports[n], started[n].pid, load) for n in order if n in started]
+    if args.only:
+        targets = [t for t in targets if t.name in args.only]
     try:
-        for port in ports.values():
-            wait_port(port)
-        med = run_rounds(ports, lambda p: load(p, args.connections, args.in_flight,
-                                               args.seconds),
-                         args.rounds, lambda p: load(p, args.connections, args.in_flight, 1))
+        for t in targets:
+            wait_port(t.port)
+        rows = run_rounds(targets, args.rounds, args.seconds)
     finally:
         stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
     print_table(f"bolt, {args.connections} connections x {args.in_flight} in flight, "
-                f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved "
-                "rounds", med, [("greenmesh multiplexed", "direct"),
-                                ("greenmesh multiplexed", "greenmesh one per request")])
+                f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved rounds; "
+                "proxies pinned to core 1, the load generator to core 0", rows,
+                [("greenmesh multiplexed", "MOSN"),
+                 ("greenmesh multiplexed", "greenmesh one per request")], "bolt")
 
 
 if __name__ == "__main__":

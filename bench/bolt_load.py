@@ -62,6 +62,7 @@ def main() -> None:
         return latencies[min(len(latencies) - 1, int(len(latencies) * q))] * 1000 if latencies \
             else 0.0
     print(json.dumps({"rps": total / elapsed, "p50": pick(0.5), "p99": pick(0.99),
+                      "requests": total,
                       "errors": "" if all(j.successful() for j in jobs) else "worker failed"}))
 
 

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     from greenmesh.log import configure
     from greenmesh.mesh import Mesh
 
-    configure(args.log_level, args.log_format)
-    mesh = Mesh(config)
+    logging_setup = configure(args.log_level, args.log_format)
+    mesh = Mesh(config, access_log=logging_setup.access_log())
     try:
         mesh.start()
     except OSError as e:

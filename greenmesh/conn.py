@@ -6,14 +6,24 @@ exceptions, so codecs and the proxy never see ``OSError`` variety.
 
 from __future__ import annotations
 
+import ipaddress
 import socket as _stdsocket
 from collections.abc import Callable
 
 import gevent
 import gevent.event
 from gevent import socket, ssl
+from gevent.timeout import Timeout
 
 READ_SIZE = 65536
+
+
+def _literal_family(host: str) -> int | None:
+    """The address family of a literal IP address, None for a name."""
+    try:
+        return _stdsocket.AF_INET6 if ipaddress.ip_address(host).version == 6 else _stdsocket.AF_INET
+    except ValueError:
+        return None
 
 
 class ConnError(Exception):
@@ -25,10 +35,15 @@ class ConnTimeout(ConnError):
 
 
 class Conn:
-    """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError."""
+    """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError.
+
+    Reads and writes first try the socket without blocking (what is usually there costs one
+    syscall and no timer); only one that must wait arms a timer, the connection's own, reused:
+    gevent's socket timeouts create a timer per wait, which measured 7 µs of a 28 µs request on a
+    bare gevent relay."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "tls")
+                 "_pending", "_timeout", "tls", "_raw", "_timer")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -38,9 +53,12 @@ class Conn:
         self.closed = False
         self.close_reason = ""
         self._pending = b""
-        self._timeout = timeout
+        self._timeout = timeout  # for reads that do not say, and for writes
         self.tls = False
-        sock.settimeout(timeout)
+        self._timer: Timeout | None = None
+        sock.settimeout(None)  # waits are bounded by our timer, not gevent's per-wait one
+        # The underlying non-blocking socket (gevent's own), for the first, non-waiting try.
+        self._raw: _stdsocket.socket | None = getattr(sock, "_sock", None)
         try:
             sock.setsockopt(_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY, 1)
         except OSError:
@@ -50,9 +68,21 @@ class Conn:
     def connect(cls, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None,
                 server_hostname: str = "") -> Conn:
         """Opens a connection (and TLS on it, within the same timeout), raising ConnTimeout or
-        ConnError (refused, unreachable, handshake or verification failed)."""
+        ConnError (refused, unreachable, handshake or verification failed). A literal IP
+        address is connected to directly: no name resolution (gevent resolves through a thread
+        pool, where a thousand connects at once would queue)."""
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
+            family = _literal_family(host)
+            if family is None:
+                sock = socket.create_connection((host, port), timeout=timeout)
+            else:
+                sock = socket.socket(family, _stdsocket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect((host, port))
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError as e:
             raise ConnTimeout(f"connect to {host}:{port} timed out") from e
         except OSError as e:
@@ -67,6 +97,8 @@ class Conn:
                 raise ConnError(f"TLS to {host}:{port}: {e}") from e
         conn = cls(sock, (host, port))
         conn.tls = tls is not None
+        if conn.tls:
+            conn._raw = None  # TLS records: only the SSL object may read them
         return conn
 
     def accept_tls(self, ctx: ssl.SSLContext, timeout: float) -> str | None:
@@ -79,21 +111,46 @@ class Conn:
             raise ConnError(f"TLS handshake: {e}") from e
         self.sock = sock
         self.tls = True
-        sock.settimeout(self._timeout)
+        self._raw = None
+        sock.settimeout(None)
         return sock.selected_alpn_protocol()
 
+    def _wait(self, call, arg, timeout: float | None, what: str):
+        """``call(arg)`` on the gevent socket, which may wait, bounded by ``timeout``."""
+        if timeout is None:
+            return call(arg)
+        timer = self._timer
+        if timer is None or timer.seconds != timeout:
+            self._timer = timer = Timeout(timeout)
+        timer.start()
+        try:
+            return call(arg)
+        except Timeout as t:
+            if t is not timer:
+                raise
+            raise ConnTimeout(f"{what} timed out") from None
+        finally:
+            timer.cancel()
+
     def read(self, timeout: float | None = -1.0) -> bytes:
-        """Returns what is available (at most READ_SIZE), blocking until something is."""
+        """Returns what is available (at most READ_SIZE), blocking until something is, for at
+        most ``timeout`` (the connection's own when not given; None: no limit)."""
         if self._pending:
             data, self._pending = self._pending, b""
             return data
-        if timeout != -1.0 and timeout != self._timeout:
-            self._timeout = timeout
-            self.sock.settimeout(timeout)
+        if timeout == -1.0:
+            timeout = self._timeout
         try:
-            data = self.sock.recv(READ_SIZE)
-        except TimeoutError:
-            raise ConnTimeout("read timed out") from None
+            raw = self._raw
+            if raw is None:
+                data = self._wait(self.sock.recv, READ_SIZE, timeout, "read")
+            else:
+                try:
+                    data = raw.recv(READ_SIZE)
+                except BlockingIOError:
+                    data = self._wait(self.sock.recv, READ_SIZE, timeout, "read")
+        except ConnTimeout:
+            raise
         except OSError as e:
             raise ConnError(f"read failed: {e.strerror or e}") from None
         self.bytes_in += len(data)
@@ -104,10 +161,21 @@ class Conn:
         self._pending = data + self._pending
 
     def write(self, data: bytes) -> None:
+        """Sends all of ``data``, waiting at most the connection's timeout (or STALL_TIMEOUT)
+        for the peer to take each part."""
         try:
-            self.sock.sendall(data)
-        except TimeoutError:
-            raise ConnTimeout("write timed out") from None
+            raw = self._raw
+            sent = 0
+            if raw is not None:
+                try:
+                    sent = raw.send(data)
+                except BlockingIOError:
+                    pass
+            if sent < len(data):
+                self._wait(self.sock.sendall, memoryview(data)[sent:] if sent else data,
+                           self._timeout or STALL_TIMEOUT, "write")
+        except ConnTimeout:
+            raise
         except OSError as e:
             raise ConnError(f"write failed: {e.strerror or e}") from None
         self.bytes_out += len(data)
@@ -118,9 +186,10 @@ class Conn:
             return True
         if self.tls:
             return self._tls_readable_or_closed()
+        raw = self._raw  # gevent's own recv would wait on EAGAIN instead of reporting it
+        if raw is None:
+            return True
         try:
-            # The raw socket: gevent's own recv would wait on EAGAIN instead of reporting it.
-            raw = self.sock._sock  # type: ignore[attr-defined]  # gevent's wrapped socket
             raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
             return True
         except BlockingIOError:
@@ -143,7 +212,7 @@ class Conn:
         except OSError:
             return True
         finally:
-            sock.settimeout(self._timeout)
+            sock.settimeout(None)
 
     def shutdown_write(self) -> None:
         try:

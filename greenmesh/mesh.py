@@ -16,6 +16,7 @@ from greenmesh import config as config_loader
 from greenmesh import model
 from greenmesh.admin import Admin
 from greenmesh.listener import Listener
+from greenmesh.log import AccessLog
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
@@ -29,8 +30,12 @@ log = structlog.get_logger("greenmesh")
 
 
 class Mesh:
-    def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None):
+    def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None,
+                 access_log: AccessLog | None = None):
+        """``access_log``: where listeners write their access-log lines (default: through
+        structlog, so an embedding application's logging configuration applies)."""
         self.config = config
+        self._access_log = access_log or AccessLog()
         self.registry = registry or default_registry()
         self.stats = Stats()
         self.clusters = ClusterManager(self.registry, self.stats)
@@ -92,7 +97,8 @@ class Mesh:
     def _start_listener(self, lc: model.Listener) -> Listener:
         name = lc.route_config
         proxy = Proxy(lc.name, lambda: self._routes.get(name), self.clusters, self.stats,
-                      access_log_enabled=lc.access_log, tunnel_idle_timeout=lc.idle_timeout)
+                      access_log=self._access_log if lc.access_log else None,
+                      tunnel_idle_timeout=lc.idle_timeout)
         listener = Listener(lc, self.registry, proxy, self.stats)
         listener.start()
         self.listeners[lc.name] = listener

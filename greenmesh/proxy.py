@@ -14,6 +14,7 @@ import gevent
 import structlog
 
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
+from greenmesh.log import AccessLog
 from greenmesh.mirror import send_mirror
 from greenmesh.retry import RetryState
 from greenmesh.router import CompiledRoute, RouteTable
@@ -189,15 +190,13 @@ class Proxy:
     """Forwards the streams of one listener."""
 
     def __init__(self, listener: str, routes: Callable[[], RouteTable | None],
-                 clusters: ClusterManager, stats: Stats, *, access_log_enabled: bool = True,
+                 clusters: ClusterManager, stats: Stats, *, access_log: AccessLog | None = None,
                  tunnel_idle_timeout: float | None = 300.0):
         self.listener = listener
         self._routes = routes
         self._clusters = clusters
         self._stats = stats
-        # Resolved once, not through structlog's lazy proxy on every request.
-        self._access_log = structlog.get_logger("greenmesh.access").bind() if access_log_enabled \
-            else None
+        self._access_log = access_log
         self._tunnel_idle = tunnel_idle_timeout
 
     def handle(self, stream: ServerStream) -> None:
@@ -227,14 +226,10 @@ class Proxy:
         stats.inc(_STATUS_CLASS[status // 100] if 0 < status < 600 else "downstream_rq_reset")
         if self._access_log is not None:
             req = stream.request
-            self._access_log.info("access", listener=self.listener, method=req.method.decode(),
-                                  authority=req.authority.decode("latin-1"),
-                                  path=req.path.decode("latin-1"), status=status,
-                                  flags=render_flags(ex.flags), bytes_in=ex.bytes_in,
-                                  bytes_out=ex.bytes_out,
-                                  duration_ms=round((_monotonic() - start) * 1000, 3),
-                                  cluster=ex.cluster, upstream=ex.upstream,
-                                  **({"details": ex.error} if ex.error else {}))
+            self._access_log.log(self.listener, req.method, req.authority, req.path, status,
+                                 render_flags(ex.flags), ex.bytes_in, ex.bytes_out,
+                                 round((_monotonic() - start) * 1000, 3), ex.cluster,
+                                 ex.upstream, ex.error)
 
     def _local_reply(self, stream: ServerStream, ex: _Exchange, reply: LocalReply) -> None:
         ex.flags.extend(f for f in reply.flags if f not in ex.flags)
