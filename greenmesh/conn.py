@@ -43,7 +43,7 @@ class Conn:
     bare gevent relay."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "tls", "_raw", "_timer")
+                 "_pending", "_timeout", "tls", "_raw", "_timers")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -55,7 +55,9 @@ class Conn:
         self._pending = b""
         self._timeout = timeout  # for reads that do not say, and for writes
         self.tls = False
-        self._timer: Timeout | None = None
+        # One reusable timer for waiting reads, one for waiting writes: with multiplexed
+        # protocols a reader and a writer greenlet may both be waiting on this connection.
+        self._timers: dict[str, Timeout] = {}
         sock.settimeout(None)  # waits are bounded by our timer, not gevent's per-wait one
         # The underlying non-blocking socket (gevent's own), for the first, non-waiting try.
         self._raw: _stdsocket.socket | None = getattr(sock, "_sock", None)
@@ -116,12 +118,13 @@ class Conn:
         return sock.selected_alpn_protocol()
 
     def _wait(self, call, arg, timeout: float | None, what: str):
-        """``call(arg)`` on the gevent socket, which may wait, bounded by ``timeout``."""
+        """``call(arg)`` on the gevent socket, which may wait, bounded by ``timeout``; ``what``
+        (read, write) names the timer, and the error."""
         if timeout is None:
             return call(arg)
-        timer = self._timer
+        timer = self._timers.get(what)
         if timer is None or timer.seconds != timeout:
-            self._timer = timer = Timeout(timeout)
+            self._timers[what] = timer = Timeout(timeout)
         timer.start()
         try:
             return call(arg)
