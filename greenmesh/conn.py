@@ -9,13 +9,19 @@ from __future__ import annotations
 import ipaddress
 import socket as _stdsocket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
 from gevent import socket, ssl
-from gevent.timeout import Timeout
+from greenlet import getcurrent
+
+if TYPE_CHECKING:
+    from gevent._types import _TimerWatcher as Timer
 
 READ_SIZE = 65536
+# A plain int: the IntFlag arithmetic of socket.MsgFlag costs more than the syscall.
+_PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
 
 
 def _literal_family(host: str) -> int | None:
@@ -34,16 +40,28 @@ class ConnTimeout(ConnError):
     """No bytes arrived (or could be sent) within the allowed time."""
 
 
+class _Expired(Exception):
+    """Thrown by a connection's timer into the greenlet waiting on it."""
+
+
+def _timed_out(what: str, timeout: float) -> ConnTimeout:
+    if what == "write":
+        return ConnTimeout(f"peer took nothing for {timeout:g}s")
+    return ConnTimeout(f"{what} timed out")
+
+
 class Conn:
     """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError.
 
     Reads and writes first try the socket without blocking (what is usually there costs one
-    syscall and no timer); only one that must wait arms a timer, the connection's own, reused:
-    gevent's socket timeouts create a timer per wait, which measured 7 µs of a 28 µs request on a
-    bare gevent relay."""
+    syscall and no timer); one that must wait parks the greenlet on the socket's own watcher
+    with the connection's own timer, both reused. gevent's socket methods would wrap each wait
+    in Python (a Timeout object per wait, its recv loop): that measured 7 µs of a 28 µs request
+    on a bare gevent relay, and a fifth of greenmesh's HTTP/1.1 CPU once the rest was compiled.
+    TLS sockets keep gevent's methods: only the SSL object knows when a record is complete."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "tls", "_raw", "_timers")
+                 "_pending", "_timeout", "tls", "_raw", "_timers", "_hub")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -55,9 +73,11 @@ class Conn:
         self._pending = b""
         self._timeout = timeout  # for reads that do not say, and for writes
         self.tls = False
-        # One reusable timer for waiting reads, one for waiting writes: with multiplexed
-        # protocols a reader and a writer greenlet may both be waiting on this connection.
-        self._timers: dict[str, Timeout] = {}
+        # One reusable timer for waiting reads, one for waiting writes (with the timeout it
+        # was made for): with multiplexed protocols a reader and a writer greenlet may both be
+        # waiting on this connection.
+        self._timers: dict[str, tuple[float, Timer]] = {}
+        self._hub = gevent.get_hub()
         sock.settimeout(None)  # waits are bounded by our timer, not gevent's per-wait one
         # The underlying non-blocking socket (gevent's own), for the first, non-waiting try.
         self._raw: _stdsocket.socket | None = getattr(sock, "_sock", None)
@@ -87,16 +107,16 @@ class Conn:
                     raise
         except TimeoutError as e:
             raise ConnTimeout(f"connect to {host}:{port} timed out") from e
-        except OSError as e:
-            raise ConnError(f"connect to {host}:{port}: {e.strerror or e}") from e
+        except OSError as err:
+            raise ConnError(f"connect to {host}:{port}: {err.strerror or err}") from err
         if tls is not None:
             try:
                 sock = tls.wrap_socket(sock, server_hostname=server_hostname or host,
                                        do_handshake_on_connect=False)
                 sock.do_handshake()
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError) as tls_err:
                 sock.close()
-                raise ConnError(f"TLS to {host}:{port}: {e}") from e
+                raise ConnError(f"TLS to {host}:{port}: {tls_err}") from tls_err
         conn = cls(sock, (host, port))
         conn.tls = tls is not None
         if conn.tls:
@@ -117,23 +137,42 @@ class Conn:
         sock.settimeout(None)
         return sock.selected_alpn_protocol()
 
+    def _timer(self, what: str, timeout: float) -> Timer:
+        made = self._timers.get(what)
+        if made is None or made[0] != timeout:
+            made = self._timers[what] = (timeout, self._hub.loop.timer(timeout))
+        return made[1]
+
+    def _until_ready(self, what: str, timeout: float | None) -> None:
+        """Parks the greenlet until the socket is readable (``what`` is "read") or writable,
+        for at most ``timeout``. Closing the socket from another greenlet wakes it with
+        OSError (gevent's cancel_wait)."""
+        sock = self.sock
+        watcher = sock._read_event if what == "read" else sock._write_event  # type: ignore[attr-defined]
+        if timeout is None:
+            self._hub.wait(watcher)
+            return
+        timer = self._timer(what, timeout)
+        timer.start(getcurrent().throw, _Expired)
+        try:
+            self._hub.wait(watcher)
+        except _Expired:
+            raise _timed_out(what, timeout) from None
+        finally:
+            timer.stop()
+
     def _wait(self, call, arg, timeout: float | None, what: str):
-        """``call(arg)`` on the gevent socket, which may wait, bounded by ``timeout``; ``what``
-        (read, write) names the timer, and the error."""
+        """``call(arg)`` on the gevent socket (TLS), which may wait, bounded by ``timeout``."""
         if timeout is None:
             return call(arg)
-        timer = self._timers.get(what)
-        if timer is None or timer.seconds != timeout:
-            self._timers[what] = timer = Timeout(timeout)
-        timer.start()
+        timer = self._timer(what, timeout)
+        timer.start(getcurrent().throw, _Expired)
         try:
             return call(arg)
-        except Timeout as t:
-            if t is not timer:
-                raise
-            raise ConnTimeout(f"{what} timed out") from None
+        except _Expired:
+            raise _timed_out(what, timeout) from None
         finally:
-            timer.cancel()
+            timer.stop()
 
     def read(self, timeout: float | None = -1.0) -> bytes:
         """Returns what is available (at most READ_SIZE), blocking until something is, for at
@@ -148,10 +187,12 @@ class Conn:
             if raw is None:
                 data = self._wait(self.sock.recv, READ_SIZE, timeout, "read")
             else:
-                try:
-                    data = raw.recv(READ_SIZE)
-                except BlockingIOError:
-                    data = self._wait(self.sock.recv, READ_SIZE, timeout, "read")
+                while True:
+                    try:
+                        data = raw.recv(READ_SIZE)
+                        break
+                    except BlockingIOError:
+                        self._until_ready("read", timeout)
         except ConnTimeout:
             raise
         except OSError as e:
@@ -168,15 +209,22 @@ class Conn:
         for the peer to take each part."""
         try:
             raw = self._raw
-            sent = 0
-            if raw is not None:
+            if raw is None:
+                self._wait(self.sock.sendall, data, self._timeout or STALL_TIMEOUT, "write")
+            else:
+                sent = 0
                 try:
                     sent = raw.send(data)
                 except BlockingIOError:
                     pass
-            if sent < len(data):
-                self._wait(self.sock.sendall, memoryview(data)[sent:] if sent else data,
-                           self._timeout or STALL_TIMEOUT, "write")
+                if sent < len(data):
+                    view = memoryview(data)
+                    while sent < len(data):
+                        self._until_ready("write", self._timeout or STALL_TIMEOUT)
+                        try:
+                            sent += raw.send(view[sent:])
+                        except BlockingIOError:
+                            pass
         except ConnTimeout:
             raise
         except OSError as e:
@@ -193,7 +241,7 @@ class Conn:
         if raw is None:
             return True
         try:
-            raw.recv(1, _stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+            raw.recv(1, _PEEK)
             return True
         except BlockingIOError:
             return False
@@ -316,7 +364,9 @@ class BatchWriter:
                     return
                 if conn.closed:
                     return
-        except ConnError as e:
-            self._on_close(f"write failed: {e}")
+        except ConnTimeout as e:
+            self._on_close(str(e))  # the peer stopped reading: say so, as wait_writable does
+        except ConnError as err:
+            self._on_close(f"write failed: {err}")
         finally:
             flushed.set()  # nobody waits on a writer that is gone

@@ -14,9 +14,9 @@ import structlog
 
 from greenmesh import config as config_loader
 from greenmesh import model
+from greenmesh.access_log import AccessLog
 from greenmesh.admin import Admin
 from greenmesh.listener import Listener
-from greenmesh.log import AccessLog
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
 from greenmesh.stats import Stats

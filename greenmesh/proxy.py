@@ -13,8 +13,8 @@ from collections.abc import Callable
 import gevent
 import structlog
 
+from greenmesh.access_log import AccessLog
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
-from greenmesh.log import AccessLog
 from greenmesh.mirror import send_mirror
 from greenmesh.retry import RetryState
 from greenmesh.router import CompiledRoute, RouteTable
@@ -334,24 +334,24 @@ class Proxy:
                 cluster.record(host, r.status)
                 cs.reset("retrying")
                 continue
-            except StreamError as e:
-                cs.reset(str(e))
-                if isinstance(e, DownstreamError):
+            except StreamError as err:
+                cs.reset(str(err))
+                if isinstance(err, DownstreamError):
                     raise
                 if ex.downstream_error:  # the pump saw the client go; nobody is left to answer
                     raise ex.downstream_error from None
                 replayable = _replayable(stream, ex)
-                if (type(e) is StreamReset and stale_retry and cs.reused
+                if (type(err) is StreamReset and stale_retry and cs.reused
                         and not cs.response_started and replayable):
                     stale_retry = False
                     self._stats.inc("upstream_rq_retry")
                     continue  # a stale keep-alive connection: once more on another
                 cluster.record(host, 0)
-                reason = e.reason if isinstance(e, StreamReset) else None
+                reason = err.reason if isinstance(err, StreamReset) else None
                 if retries.on_reset(reason, replayable):
                     continue
-                ex.error = str(e)
-                raise self._give_up(retries, _upstream_failure(e)) from None
+                ex.error = str(err)
+                raise self._give_up(retries, _upstream_failure(err)) from None
 
     def _exchange(self, stream: ServerStream, cs: ClientStream, ex: _Exchange,
                   timeout: float | None, attempt: int, retries: RetryState) -> None:

@@ -8,7 +8,7 @@ import threading
 import time
 
 from greenmesh.streams.xprotocol.bolt import BoltCodec
-from greenmesh.streams.xprotocol.stream import XClientConnection
+from greenmesh.streams.xprotocol.stream import RequestIds
 from tests.boltpeer import BoltClient, BoltServer, heartbeat, request
 from tests.harness import free_port, mesh_config, raw_request, rss_kb, until
 
@@ -85,11 +85,10 @@ def test_client_ids_are_restored_even_at_the_top_of_the_range(start_mesh):
 
 
 def test_upstream_id_allocation_wraps_and_skips_ids_in_flight():
-    conn = object.__new__(XClientConnection)  # only the allocator's state is needed
-    conn.codec, conn.in_flight, conn._probe = BoltCodec(), {}, None
-    conn._next_id = 2**32 - 2
-    conn.in_flight = {2**32 - 1: object(), 1: object(), 3: object()}
-    assert [conn.allocate_id() for _ in range(3)] == [2**32 - 2, 2, 4]
+    ids = RequestIds(BoltCodec().max_request_id, first=2**32 - 2)
+    in_flight = {2**32 - 1, 1, 3}
+    assert [ids.allocate(in_flight, None) for _ in range(3)] == [2**32 - 2, 2, 4]
+    assert ids.allocate(in_flight, 5) == 6  # the heartbeat probe's id is taken too
 
 
 def test_heartbeats_answered_locally_and_upstreams_kept_alive(start_mesh):

@@ -4,15 +4,21 @@ The proxy moves one stream's parts to another and never asks which protocol is o
 Headers are lists of ``(lowercase name, value)`` byte pairs: what h11 and h2 hand out, so no
 per-request re-encoding. ``authority`` is kept out of the header list (HTTP/2's ``:authority``,
 HTTP/1.1's ``Host``); each codec puts it where its wire format wants it.
+
+The interfaces (streams, connections, tunnels) are traits (``mypy_extensions.trait``, nothing at
+all in pure Python): in the optional compiled build a class may have one ordinary base only, and
+traits are how a protocol's class also takes a shared mixin.
 """
 
 from __future__ import annotations
 
 import enum
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
+
+from mypy_extensions import trait
 
 from greenmesh.conn import Conn, ConnError, ConnTimeout
 from greenmesh.failures import LocalReply, ResetReason
@@ -130,7 +136,8 @@ class ResponseHead:
         self.message_bytes = message_bytes  # as RequestHead's
 
 
-class Tunnel(ABC):
+@trait
+class Tunnel:
     """Raw bytes both ways once a stream has switched protocols (WebSocket after a 101)."""
 
     @abstractmethod
@@ -169,7 +176,8 @@ class ConnTunnel(Tunnel):
         self.conn.shutdown_write()
 
 
-class ServerStream(ABC):
+@trait
+class ServerStream:
     """One downstream request and its response."""
 
     request: RequestHead
@@ -220,7 +228,8 @@ class ServerStream(ABC):
         the stream while the response is being produced. Protocols that cannot tell ignore it."""
 
 
-class ClientStream(ABC):
+@trait
+class ClientStream:
     """One upstream request, opened from a pool; ``finish()`` hands the connection back."""
 
     __slots__ = ("on_finish", "reused", "trailers", "_finished")
@@ -276,7 +285,8 @@ class ClientStream(ABC):
     def upgrade(self) -> Tunnel: ...
 
 
-class ServerConnection(ABC):
+@trait
+class ServerConnection:
     """A downstream connection as its listener sees it: served until it ends, drained on stop."""
 
     conn: Conn
@@ -295,7 +305,8 @@ class ServerConnection(ABC):
         """No request in progress."""
 
 
-class ClientConnection(ABC):
+@trait
+class ClientConnection:
     """An upstream connection as a pool sees it."""
 
     active_streams: int

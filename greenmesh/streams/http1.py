@@ -249,8 +249,8 @@ class Http1ServerStream(ServerStream):
         except ParseError as e:
             sc.state = ConnectionState.DRAINING
             raise DownstreamError(f"bad request body: {e}", status=e.status) from None
-        except ConnError as e:
-            raise DownstreamError(f"downstream: {e}") from None
+        except ConnError as err:
+            raise DownstreamError(f"downstream: {err}") from None
         if ev is WOULD_BLOCK:
             return ev
         if ev is None:
@@ -428,8 +428,8 @@ class Http1ClientStream(ClientStream):
             self._got_bytes = True
             try:
                 self.parser.feed(data)
-            except ParseError as e:
-                raise StreamReset(f"upstream protocol error: {e}",
+            except ParseError as bad:
+                raise StreamReset(f"upstream protocol error: {bad}",
                                   ResetReason.PROTOCOL_ERROR) from None
         return events.popleft()
 

@@ -161,19 +161,19 @@ class _Parser:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self.upgrade_data = data[e.args[0]:]
-        except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadOnly):
+        except httptools.HttpParserCallbackError as cb_err:
+            if isinstance(cb_err.__context__, _HeadOnly):
                 self.clean_stop = data.endswith(b"\r\n\r\n")
                 self._new()
                 return
             if self._too_large:
                 raise ParseError(self._too_large, 431) from None
-            raise ParseError(str(e.__context__ or e)) from None
-        except httptools.HttpParserError as e:
-            if str(e) == "Pause on PRI/Upgrade":  # llhttp stops at the HTTP/2 connection preface
+            raise ParseError(str(cb_err.__context__ or cb_err)) from None
+        except httptools.HttpParserError as parse_err:
+            if str(parse_err) == "Pause on PRI/Upgrade":  # llhttp stops at the HTTP/2 connection preface
                 raise ParseError("HTTP/2 on an HTTP/1.1 listener (protocol: http2 or auto serves"
                                  " it)") from None
-            raise ParseError(str(e).replace("HPE_", "")) from None
+            raise ParseError(str(parse_err).replace("HPE_", "")) from None
 
     @property
     def at_message_boundary(self) -> bool:

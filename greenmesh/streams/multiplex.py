@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import gevent
 from gevent.hub import get_hub
+from mypy_extensions import trait
 
 from greenmesh.conn import Conn
 from greenmesh.streams.base import ConnectionState, ServerConnection, ServerOptions, StreamHandler
@@ -23,6 +24,7 @@ HANDLERS_GRACE_SECONDS = 1.0
 MAX_IDLE_WORKERS = 32  # greenlets a connection keeps for its next streams
 
 
+@trait
 class MultiplexServerConnection(ServerConnection):
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         self.conn = conn

@@ -61,6 +61,11 @@ class _Pool:
         self._k_fail = prefix + "upstream_cx_connect_fail"
         self._k_overflow = prefix + "upstream_rq_pending_overflow"
         self._k_destroy = prefix + "upstream_cx_destroy"
+        self._init_connections()
+
+    def _init_connections(self) -> None:
+        """The subclass's own connection bookkeeping (a hook, so that its signature is one)."""
+        raise NotImplementedError
 
     @property
     def open_connections(self) -> int:
@@ -131,8 +136,7 @@ class _Pool:
 class ExclusivePool(_Pool):
     """A connection carries one stream at a time; idle ones are reused newest first."""
 
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
+    def _init_connections(self) -> None:
         self._idle: list[tuple[ClientConnection, float]] = []
 
     @property
@@ -191,8 +195,7 @@ class MultiplexPool(_Pool):
     concurrency limit. A connection that got GOAWAY takes no new streams and closes when its
     last one finishes; one that died fails only its own streams."""
 
-    def __init__(self, *args) -> None:
-        super().__init__(*args)
+    def _init_connections(self) -> None:
         self._conns: list[ClientConnection] = []
         self._idle_since: dict[int, float] = {}
         self._connecting: AsyncResult | None = None

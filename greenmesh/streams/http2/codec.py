@@ -268,8 +268,8 @@ class H2Codec(FrameHandlers):
                 if kind < 10:
                     try:
                         handlers[kind](flags, sid, data, i + 9, end)
-                    except StreamError_ as e:
-                        self._stream_error(sid, e.code, str(e))
+                    except StreamError_ as stream_err:
+                        self._stream_error(sid, stream_err.code, str(stream_err))
                 i = end
                 max_frame = self.max_inbound_frame
             if i < n:

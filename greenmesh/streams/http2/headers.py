@@ -171,8 +171,8 @@ class HeaderCodec:
             decoded = self.decoder.decode(block, raw=True)
         except OversizedHeaderListError as e:
             raise CompressionError(str(e), too_big=True) from None
-        except (HPACKError, ValueError, IndexError) as e:
-            raise CompressionError(f"HPACK: {e}") from None
+        except (HPACKError, ValueError, IndexError) as err:
+            raise CompressionError(f"HPACK: {err}") from None
         headers = [(n, v) for n, v in decoded]
         if self._dec_table.changed():
             cache.clear()

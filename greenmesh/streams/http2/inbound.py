@@ -4,7 +4,7 @@ A mixin of ``H2Codec`` (``codec.py``), which holds the state these handlers read
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import abstractmethod
 
 from greenmesh.streams.http2.frames import (
     ACK,
@@ -64,13 +64,30 @@ class FrameHandlers:
     goaway_received: int | None
     _continuation: tuple[int, int, list[bytes]] | None
     _block_cap: int
-    _frame: Callable[..., None]
-    consumed: Callable[[int, int], None]
-    peer_initiated: Callable[[int], bool]
-    _idle: Callable[[int], bool]
-    _closed_stream: Callable[[int, str], None]
-    _late_frame: Callable[[StreamRecord, str], None]
-    _end_remote: Callable[[StreamRecord], None]
+
+    # ... and the codec's methods they call (declared as methods, not attributes: in the
+    # compiled build an attribute would be a slot of its own that the codec's method never fills).
+    @abstractmethod
+    def _frame(self, kind: int, flags: int, sid: int, payload: bytes | memoryview = b"") -> None:
+        ...
+
+    @abstractmethod
+    def consumed(self, sid: int, n: int) -> None: ...
+
+    @abstractmethod
+    def peer_initiated(self, sid: int) -> bool: ...
+
+    @abstractmethod
+    def _idle(self, sid: int) -> bool: ...
+
+    @abstractmethod
+    def _closed_stream(self, sid: int, kind: str) -> None: ...
+
+    @abstractmethod
+    def _late_frame(self, s: StreamRecord, kind: str) -> None: ...
+
+    @abstractmethod
+    def _end_remote(self, s: StreamRecord) -> None: ...
 
     def _padded(self, flags: int, data: bytes, start: int, end: int) -> tuple[int, int]:
         if flags & PADDED:
@@ -180,8 +197,8 @@ class FrameHandlers:
             raise StreamError_(ErrorCode.PROTOCOL_ERROR, "a second HEADERS without END_STREAM")
         try:
             self.headers.check_fields(headers, frozenset(), trailers=True)
-        except Malformed as e:
-            raise StreamError_(ErrorCode.PROTOCOL_ERROR, str(e)) from None
+        except Malformed as bad:
+            raise StreamError_(ErrorCode.PROTOCOL_ERROR, str(bad)) from None
         if s.expected >= 0 and s.received != s.expected:
             raise StreamError_(ErrorCode.PROTOCOL_ERROR, "body length differs from "
                                                          "content-length")

@@ -13,12 +13,13 @@ probed with heartbeats and closed when a probe goes unanswered.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 
 import gevent
 import structlog
 from gevent.event import AsyncResult, Event
 from gevent.timeout import Timeout
+from mypy_extensions import trait
 
 from greenmesh import model
 from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
@@ -158,6 +159,7 @@ class _ServerConnection(MultiplexServerConnection):
                 self._room.set()
 
 
+@trait
 class _WholeFrames:
     """RPC frames arrive and leave whole: there is no separate body or trailers to move."""
 
@@ -253,6 +255,25 @@ class XServerStream(_WholeFrames, ServerStream):
         raise DownstreamError("RPC streams cannot switch protocols")
 
 
+class RequestIds:
+    """An upstream connection's request ids: the next one not in flight, wrapping from the
+    codec's largest back to 1."""
+
+    __slots__ = ("next", "top")
+
+    def __init__(self, top: int, first: int = 1):
+        self.next = first
+        self.top = top
+
+    def allocate(self, in_flight: Container[int], probe: int | None) -> int:
+        top = self.top
+        while True:
+            rid = self.next
+            self.next = rid + 1 if rid < top else 1
+            if rid not in in_flight and rid != probe:
+                return rid
+
+
 class XClientConnection(ClientConnection):
     def __init__(self, codec: XCodec, conn: Conn, settings: model.Cluster | None):
         self.codec = codec
@@ -263,7 +284,7 @@ class XClientConnection(ClientConnection):
         self.active_streams = 0
         self.streams_opened = 0
         self.state = ConnectionState.OPEN
-        self._next_id = 1
+        self._ids = RequestIds(codec.max_request_id)
         self._last_read = time.monotonic()
         self._probe: int | None = None
         self.writer = _WriteQueue(conn, self.close)
@@ -279,13 +300,7 @@ class XClientConnection(ClientConnection):
         return self.state is ConnectionState.OPEN
 
     def allocate_id(self) -> int:
-        """The next id not in flight; wraps from max_request_id back to 1."""
-        in_flight, top = self.in_flight, self.codec.max_request_id
-        while True:
-            rid = self._next_id
-            self._next_id = rid + 1 if rid < top else 1
-            if rid not in in_flight and rid != self._probe:
-                return rid
+        return self._ids.allocate(self.in_flight, self._probe)
 
     def new_stream(self, on_finish: Callable[[ClientConnection, bool], None]) -> ClientStream:
         self.active_streams += 1
