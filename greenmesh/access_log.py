@@ -23,12 +23,12 @@ class AccessLog:
         self._log = structlog.get_logger("greenmesh.access")
 
     def log(self, listener: str, method: bytes, authority: bytes, path: bytes, status: int,
-            flags: str, bytes_in: int, bytes_out: int, duration_ms: float, cluster: str | None,
+            flags: str, bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
             upstream: str | None, details: str) -> None:
         self._log.info("access", listener=listener, method=method.decode("latin-1"),
                        authority=authority.decode("latin-1"), path=path.decode("latin-1"),
                        status=status, flags=flags, bytes_in=bytes_in, bytes_out=bytes_out,
-                       duration_ms=duration_ms, cluster=cluster, upstream=upstream,
+                       duration_ms=duration_us / 1000, cluster=cluster, upstream=upstream,
                        **({"details": details} if details else {}))
 
 
@@ -37,33 +37,48 @@ def _json(value: str | None) -> str:
 
 
 class JsonAccessLog(AccessLog):
-    """The same line, the same JSON as the structlog pipeline writes, formatted here: 2.6 µs a
-    line instead of 9.5 through structlog's processors (measured), a seventh of what greenmesh
-    spent per HTTP/1.1 request. Used when the CLI owns the log stream and writes JSON."""
+    """The same line, the same JSON as the structlog pipeline writes, formatted here: 0.7 µs a
+    line compiled (1.6 in pure Python) instead of 9.5 through structlog's processors (measured).
+    Used when the CLI owns the log stream and writes JSON.
 
-    __slots__ = ("_msg", "_second", "_stamp")
+    Fields that repeat (method, authority, cluster, upstream) are escaped once and remembered."""
+
+    __slots__ = ("_msg", "_second", "_stamp", "_escaped")
 
     def __init__(self, write_line: Callable[[str], None]):
         self._msg = write_line
         self._second = -1
         self._stamp = ""
+        self._escaped: dict[bytes | str | None, str] = {None: "null"}
+
+    def _repeating(self, value: bytes | str | None) -> str:
+        escaped = self._escaped.get(value)
+        if escaped is None:
+            if len(self._escaped) > 1024:  # a client sending a new authority each time
+                self._escaped = {None: "null"}
+            text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            escaped = self._escaped[value] = _escape(text)
+        return escaped
 
     def log(self, listener: str, method: bytes, authority: bytes, path: bytes, status: int,
-            flags: str, bytes_in: int, bytes_out: int, duration_ms: float, cluster: str | None,
+            flags: str, bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
             upstream: str | None, details: str) -> None:
         now = time.time()
         second = int(now)
         if second != self._second:  # the date and time change once a second
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        self._msg(_LINE % (
-            _escape(listener), _escape(method.decode("latin-1")),
-            _escape(authority.decode("latin-1")), _escape(path.decode("latin-1")), status,
-            _escape(flags), bytes_in, bytes_out, duration_ms, _json(cluster), _json(upstream),
-            f', "details": {_escape(details)}' if details else "", self._stamp,
-            int((now - second) * 1e6)))
-
-
-_LINE = ('{"listener": %s, "method": %s, "authority": %s, "path": %s, "status": %d, "flags": %s, '
-         '"bytes_in": %d, "bytes_out": %d, "duration_ms": %r, "cluster": %s, "upstream": %s%s, '
-         '"event": "access", "level": "info", "timestamp": "%s.%06dZ"}')
+        repeating = self._repeating
+        more = f', "details": {_escape(details)}' if details else ""
+        # Numbers as ints: a float's repr and a format spec cost more than the rest of the line
+        # together (measured: 2.5 µs a line with them, 0.7 without).
+        micros = str(1000000 + int((now - second) * 1e6))
+        ms_frac = str(1000 + duration_us % 1000)
+        self._msg(
+            f'{{"listener": {repeating(listener)}, "method": {repeating(method)}, '
+            f'"authority": {repeating(authority)}, "path": {_escape(path.decode("latin-1"))}, '
+            f'"status": {status}, "flags": {repeating(flags)}, "bytes_in": {bytes_in}, '
+            f'"bytes_out": {bytes_out}, "duration_ms": {duration_us // 1000}.{ms_frac[1:]}, '
+            f'"cluster": {repeating(cluster)}, "upstream": {repeating(upstream)}{more}, '
+            f'"event": "access", "level": "info", '
+            f'"timestamp": "{self._stamp}.{micros[1:]}Z"}}')

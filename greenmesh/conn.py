@@ -54,10 +54,11 @@ class Conn:
     """One TCP connection. ``read`` returns ``b""`` at EOF; the rest raise ConnError.
 
     Reads and writes first try the socket without blocking (what is usually there costs one
-    syscall and no timer); one that must wait parks the greenlet on the socket's own watcher
-    with the connection's own timer, both reused. gevent's socket methods would wrap each wait
-    in Python (a Timeout object per wait, its recv loop): that measured 7 µs of a 28 µs request
-    on a bare gevent relay, and a fifth of greenmesh's HTTP/1.1 CPU once the rest was compiled.
+    syscall and no timer), unless the caller says the peer has yet to answer; one that must
+    wait parks the greenlet on the socket's own watcher with the connection's own timer, both
+    reused. gevent's socket methods would wrap each wait in Python (a Timeout object per wait,
+    its recv loop): that measured 7 µs of a 28 µs request on a bare gevent relay, and a fifth
+    of greenmesh's HTTP/1.1 CPU once the rest was compiled.
     TLS sockets keep gevent's methods: only the SSL object knows when a record is complete."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
@@ -174,9 +175,15 @@ class Conn:
         finally:
             timer.stop()
 
-    def read(self, timeout: float | None = -1.0) -> bytes:
+    def read(self, timeout: float | None = -1.0, wait_first: bool = False) -> bytes:
         """Returns what is available (at most READ_SIZE), blocking until something is, for at
-        most ``timeout`` (the connection's own when not given; None: no limit)."""
+        most ``timeout`` (the connection's own when not given; None: no limit).
+
+        ``wait_first``: the caller knows the peer has yet to answer what we just sent (an
+        HTTP/1.1 response head, the next keep-alive request), so the read waits for readiness
+        before trying; a first try would fail (EAGAIN: a syscall and an exception, 0.8 µs
+        measured) twice a request. Readers of multiplexed protocols keep trying first: they
+        handle all the input there is before their streams' handlers run."""
         if self._pending:
             data, self._pending = self._pending, b""
             return data
@@ -187,6 +194,8 @@ class Conn:
             if raw is None:
                 data = self._wait(self.sock.recv, READ_SIZE, timeout, "read")
             else:
+                if wait_first:
+                    self._until_ready("read", timeout)
                 while True:
                     try:
                         data = raw.recv(READ_SIZE)

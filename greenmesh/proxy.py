@@ -228,7 +228,7 @@ class Proxy:
             req = stream.request
             self._access_log.log(self.listener, req.method, req.authority, req.path, status,
                                  render_flags(ex.flags), ex.bytes_in, ex.bytes_out,
-                                 round((_monotonic() - start) * 1000, 3), ex.cluster,
+                                 int((_monotonic() - start) * 1e6), ex.cluster,
                                  ex.upstream, ex.error)
 
     def _local_reply(self, stream: ServerStream, ex: _Exchange, reply: LocalReply) -> None:
@@ -307,7 +307,7 @@ class Proxy:
             host = cluster.pick(key)
             if host is None:
                 raise _answer(503, ResponseFlag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
-            ex.upstream = str(host.address)
+            ex.upstream = host.label
             if action.auto_host_rewrite:
                 head.authority = ex.upstream.encode()
             try:

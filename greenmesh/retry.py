@@ -43,9 +43,12 @@ class RetryState:
         self.left = policy.num_retries if policy else 0
         self.done = 0  # retries made (each holds the retry breaker until the request ends)
         self.deadline = _monotonic() + timeout if timeout else None
-        per_try = policy.per_try_timeout if policy else None
-        waits = [t for t in (per_try, timeout, idle) if t]
-        self.try_timeout = min(waits) if waits else None  # for the response head
+        # For the response head: the shortest of the limits that are set.
+        wait = timeout or None
+        for limit in (policy.per_try_timeout if policy else None, idle):
+            if limit and (wait is None or limit < wait):
+                wait = limit
+        self.try_timeout = wait
         #: Why a retry the policy wanted was not made: URX (retries or time used up) or UO
         #: (the max_retries breaker), for the access log.
         self.refused: ResponseFlag | None = None

@@ -10,7 +10,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.harness import RawUpstream, free_port, mesh_config, raw_request, reset, rss_kb
+from tests.harness import (
+    RawUpstream,
+    free_port,
+    mesh_config,
+    raw_request,
+    reset,
+    rss_kb,
+    until,
+)
 
 
 def run_curl(curl: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -330,12 +338,17 @@ def test_one_bad_client_does_not_disturb_others(upstream, start_mesh):
 
 def test_max_connections_limit(upstream, start_mesh):
     gm = start_mesh(mesh_config([upstream.address], listener={"max_connections": 2}))
-    held = [socket.create_connection(("127.0.0.1", gm.port())) for _ in range(2)]
-    gm.wait_stat("listener.ingress.downstream_cx_total", 2)
-    extra = socket.create_connection(("127.0.0.1", gm.port()), timeout=5)
+    total, destroyed = "listener.ingress.downstream_cx_total", "listener.ingress.downstream_cx_destroy"
+    port = gm.port()  # the harness's readiness probe connected once: wait until it is gone
+    assert until(lambda: (s := gm.stats()).get(total) == s.get(destroyed))
+    before = gm.stat(total)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    gm.wait_stat(total, before + 2)
+    extra = socket.create_connection(("127.0.0.1", port), timeout=5)
     assert extra.recv(10) == b""  # closed at once
+    assert gm.stat("listener.ingress.downstream_cx_overflow") == 1
     held[0].close()
-    gm.wait_stat("listener.ingress.downstream_cx_destroy", 1)
+    gm.wait_stat(destroyed, before + 1)
     assert raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                        ).startswith(b"HTTP/1.1 200")
     held[1].close()

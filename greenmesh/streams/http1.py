@@ -120,7 +120,7 @@ class _ServerConnection(ServerConnection):
     HTTP/1.0, a body left unread, or the listener drains."""
 
     __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip", "writer", "state",
-                 "current")
+                 "current", "served")
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         self.conn = conn
@@ -132,6 +132,7 @@ class _ServerConnection(ServerConnection):
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
         self.state = ConnectionState.OPEN
         self.current: Http1ServerStream | None = None
+        self.served = 0  # requests answered on this connection
 
     @property
     def idle(self) -> bool:
@@ -155,7 +156,9 @@ class _ServerConnection(ServerConnection):
                 raise self.parser.error
             if not block:
                 return WOULD_BLOCK
-            data = self.conn.read(self.opts.idle_timeout)
+            # After an answer, the client's next request comes once it has read ours.
+            data = self.conn.read(self.opts.idle_timeout,
+                                  wait_first=self.current is None and self.served > 0)
             if not data:
                 return None
             self.parser.feed(data)
@@ -180,6 +183,7 @@ class _ServerConnection(ServerConnection):
             self.current = stream = Http1ServerStream(self, head)
             self.handler(stream)
             self.current = None
+            self.served += 1
             if conn.closed or not stream.reusable:
                 self.close("not reusable" if self.state is ConnectionState.OPEN else "draining")
                 return
@@ -414,7 +418,8 @@ class Http1ClientStream(ClientStream):
             if not block:
                 return WOULD_BLOCK
             try:
-                data = self.conn.read(timeout)
+                # Right after the request, the response has yet to come.
+                data = self.conn.read(timeout, wait_first=not self._got_bytes)
             except ConnTimeout:
                 raise StreamTimeout("upstream response timed out") from None
             except ConnError as e:

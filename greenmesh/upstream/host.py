@@ -31,11 +31,12 @@ class HostHealth:
 
 
 class Host:
-    __slots__ = ("address", "weight", "pool", "health", "priority")
+    __slots__ = ("address", "label", "weight", "pool", "health", "priority")
 
     def __init__(self, address: model.Address, weight: int, pool: Pool,
                  health: HostHealth | None = None, priority: int = 0):
         self.address = address
+        self.label = str(address)  # host:port, as the access log and the stats name it
         self.weight = weight
         self.pool = pool
         self.health = health or HostHealth()

@@ -23,6 +23,12 @@ from greenmesh.streams import Protocol
 from greenmesh.streams.base import ClientConnection, ClientStream, StreamReset, StreamTimeout
 from greenmesh.upstream.breakers import Breakers
 
+# A connection back in the pool for less than this is reused without first checking whether
+# the peer closed it (a MSG_PEEK syscall): under load every request would pay for the check,
+# while a close that races the reuse costs one retry on another connection (the stale
+# keep-alive retry), which a close racing a request costs Envoy too.
+PEEK_AFTER = 0.1
+
 
 class ConnectFailure(StreamReset):
     """The upstream refused, was unreachable, or did not accept in time."""
@@ -150,8 +156,9 @@ class ExclusivePool(_Pool):
         idle = self._idle
         while idle:
             cc, since = idle.pop()
-            if (time.monotonic() - since > self.settings.idle_timeout
-                    or cc.conn.readable_or_closed()):
+            age = time.monotonic() - since
+            if age > self.settings.idle_timeout or (age > PEEK_AFTER
+                                                    and cc.conn.readable_or_closed()):
                 self._discard(cc, "stale idle connection")
                 continue
             return self._stream(cc)
