@@ -5,7 +5,8 @@ connections x M requests in flight for 5 s after a 1 s warm-up, in interleaved r
 shows medians and each proxy's CPU per request (pinned to core 1). Targets: the echo server
 directly; MOSN on one core; greenmesh with a multiplexed upstream (all requests share one
 connection, the path users run); greenmesh with one request per upstream connection at a time
-(max_concurrent_streams: 1), to show what multiplexing buys.
+(max_concurrent_streams: 1), to show what multiplexing buys; both compiled builds, and the
+multiplexed one again from the Python source.
 
     .venv/bin/python bench/bolt.py [--rounds N] [--seconds S] [--only TARGET ...]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from common import (
     LOAD_CORE,
+    PURE,
     ROOT,
     Target,
     free_port,
@@ -71,11 +73,12 @@ def main() -> None:
     up = free_port()
     procs = [subprocess.Popen([sys.executable, str(BENCH / "bolt_echo.py"), str(up)], cwd=BENCH)]
     wait_port(up)
-    ports = {"greenmesh multiplexed": free_port(), "greenmesh one per request": free_port()}
-    started = {"greenmesh multiplexed": greenmesh(tmp, "gm-mux", config(
-                   ports["greenmesh multiplexed"], up, 100000)),
-               "greenmesh one per request": greenmesh(tmp, "gm-one", config(
-                   ports["greenmesh one per request"], up, 1))}
+    mux, one = "greenmesh multiplexed", "greenmesh one per request"
+    ports = {mux: free_port(), one: free_port(), mux + PURE: free_port()}
+    started = {mux: greenmesh(tmp, "gm-mux", config(ports[mux], up, 100000)),
+               one: greenmesh(tmp, "gm-one", config(ports[one], up, 1)),
+               mux + PURE: greenmesh(tmp, "gm-mux-pure", config(ports[mux + PURE], up, 100000),
+                                     compiled=False)}
     m = mosn(tmp, free_port(), free_port(), up)
     if m is not None:
         started["MOSN"] = m[0]
@@ -88,7 +91,7 @@ def main() -> None:
                                     LOAD_CORE), capture_output=True, text=True,
                              timeout=seconds + 60, cwd=BENCH)
         return json.loads(out.stdout)
-    order = ["MOSN", "greenmesh multiplexed", "greenmesh one per request"]
+    order = ["MOSN", mux, one, mux + PURE]
     targets = [Target("direct", up, None, load)] + [
         Target(n, ports[n], started[n].pid, load) for n in order if n in started]
     if args.only:
@@ -103,8 +106,7 @@ def main() -> None:
     print_table(f"bolt, {args.connections} connections x {args.in_flight} in flight, "
                 f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved rounds; "
                 "proxies pinned to core 1, the load generator to core 0", rows,
-                [("greenmesh multiplexed", "MOSN"),
-                 ("greenmesh multiplexed", "greenmesh one per request")], "bolt")
+                [(mux, "MOSN"), (mux + PURE, "MOSN"), (mux, one)], "bolt")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 PROXY_CORE, LOAD_CORE = "1", "0"
 MOSN = Path(os.environ.get("MOSN", ROOT.parent / "shared" / "tools" / "mosn" / "mosn"))
 RESULTS = ROOT / "bench" / "results"
+# scripts/compile.sh's compiled build (bench/run.sh builds it first): what "greenmesh" rows run.
+COMPILED_ROOT = ROOT / "build" / "compiled"
+PURE = ", pure Python"  # the suffix of the rows that run the Python source
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -116,15 +119,20 @@ class Target:
     load: Callable[[int, int], dict]  # (port, seconds) -> {rps, p50, p99, requests, errors}
 
 
-def greenmesh(tmp: Path, name: str, config: str, access_log: bool = True) -> subprocess.Popen:
+def greenmesh(tmp: Path, name: str, config: str, access_log: bool = True,
+              compiled: bool = True) -> subprocess.Popen:
     """The greenmesh CLI pinned to the proxy core, its access log on (JSON to a file), as in
-    production."""
+    production: the compiled build, or the Python source (``compiled=False``)."""
+    root = COMPILED_ROOT if compiled else ROOT
+    if compiled and not (root / ".stamp").exists():
+        sys.exit("bench: no compiled build in build/compiled (bash scripts/compile.sh builds it; "
+                 "bench/run.sh does)")
     path = tmp / f"{name}.yaml"
     path.write_text(config)
     with open(tmp / f"{name}.log", "wb") as log:
         return subprocess.Popen(pinned([sys.executable, "-m", "greenmesh.cli", "--config",
                                         str(path), "--log-format", "json"]),
-                                stdout=log if access_log else subprocess.DEVNULL, cwd=ROOT)
+                                stdout=log if access_log else subprocess.DEVNULL, cwd=root)
 
 
 def one_route_config(port: int, listener_protocol: str, cluster_protocol: str,

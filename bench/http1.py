@@ -4,8 +4,9 @@ nginx (2 workers, ``return 200``) is the upstream. wrk (``-t1 -c50``, pinned to 
 each target for 5 s after a 1 s warm-up, in interleaved rounds; the table shows medians and each
 proxy's CPU per request (every proxy pinned to core 1). Targets: the upstream directly; nginx as
 a one-worker keep-alive reverse proxy; haproxy with one thread; MOSN on one core; the naive
-gevent+h11 proxy in bench/naive_proxy.py; greenmesh (its CLI, access log on, JSON to a file), and
-greenmesh with the access log off (what the log costs).
+gevent+h11 proxy in bench/naive_proxy.py; greenmesh (its CLI, compiled build, access log on, JSON
+to a file), greenmesh with the access log off (what the log costs), and greenmesh run from the
+Python source (what the compiled build buys).
 
     .venv/bin/python bench/http1.py [--rounds N] [--seconds S] [--connections C] [--only T ...]
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from common import (
     LOAD_CORE,
+    PURE,
     ROOT,
     Target,
     free_port,
@@ -75,7 +77,7 @@ def main() -> None:
                                              f'location / {{ return 200 "{BODY.strip()}\\n"; }} }}')]
     wait_port(up)
     ports = {n: free_port() for n in ("nginx-proxy", "haproxy", "naive", "greenmesh",
-                                       "greenmesh, no access log")}
+                                       "greenmesh, no access log", "greenmesh" + PURE)}
     started = {
         "nginx-proxy": subprocess.Popen(pinned([nginx_binary(), "-c", str(nginx_conf(
             tmp, "proxy", 1,
@@ -92,6 +94,8 @@ def main() -> None:
             tmp, "gm-quiet", one_route_config(ports["greenmesh, no access log"], "http1",
                                               "http1", up).replace(
                 "route_config: r}", "route_config: r, access_log: false}")),
+        "greenmesh" + PURE: greenmesh(tmp, "gm-pure", one_route_config(
+            ports["greenmesh" + PURE], "http1", "http1", up), compiled=False),
     }
     m = mosn(tmp, up, free_port(), free_port())
     if m is not None:
@@ -101,7 +105,8 @@ def main() -> None:
 
     def load(port: int, seconds: int) -> dict:
         return wrk(port, seconds, args.connections)
-    order = ["nginx-proxy", "haproxy", "MOSN", "naive", "greenmesh", "greenmesh, no access log"]
+    order = ["nginx-proxy", "haproxy", "MOSN", "naive", "greenmesh", "greenmesh, no access log",
+             "greenmesh" + PURE]
     targets = [Target("direct", up, None, load)] + [
         Target(n, ports[n], started[n].pid, load) for n in order if n in started]
     if args.only:
@@ -116,8 +121,8 @@ def main() -> None:
     print_table(f"HTTP/1.1 keep-alive, wrk -t1 -c{args.connections}, {args.seconds} s after a 1 s "
                 f"warm-up, median of {args.rounds} interleaved rounds; proxies pinned to core 1, "
                 "wrk to core 0", rows,
-                [("greenmesh", "MOSN"), ("greenmesh", "nginx-proxy"), ("greenmesh", "naive"),
-                 ("greenmesh", "greenmesh, no access log")], "http1")
+                [("greenmesh", "MOSN"), ("greenmesh" + PURE, "MOSN"), ("greenmesh", "nginx-proxy"),
+                 ("greenmesh", "naive"), ("greenmesh", "greenmesh, no access log")], "http1")
 
 
 if __name__ == "__main__":

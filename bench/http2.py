@@ -5,8 +5,8 @@ nginx (2 workers, ``return 200``) is the upstream, on an h2c port and an HTTP/1.
 target for 5 s after a 1 s warm-up, in interleaved rounds; the table shows medians, p50/p99 from
 h2load's per-request log, and each proxy's CPU per request (it runs pinned to core 1). Targets:
 nginx directly; haproxy with one thread (h2c in, h2c out); MOSN on one core (h2c -> h2c);
-greenmesh h2c -> h2c, h2c -> HTTP/1.1 and HTTP/1.1 -> h2c (the last loaded by h2load --h1 with
-50 connections).
+greenmesh (its compiled build) h2c -> h2c, h2c -> HTTP/1.1 and HTTP/1.1 -> h2c (the last loaded
+by h2load --h1 with 50 connections), and h2c -> h2c run from the Python source.
 
     .venv/bin/python bench/http2.py [--rounds N] [--seconds S] [--only TARGET ...]
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 import http2_floor
 from common import (
     LOAD_CORE,
+    PURE,
     Target,
     free_port,
     greenmesh,
@@ -86,8 +87,9 @@ def main() -> None:
         return h2load(port, seconds, 50, 1, tmp / f"h2load-{port}.log", h1=True)
 
     targets = [Target("direct", up_h2, None, h2c)]
+    pure = "greenmesh h2c->h2c" + PURE
     ports = {name: free_port() for name in ("haproxy h2c->h2c", "greenmesh h2c->h2c",
-                                             "greenmesh h2c->http1", "greenmesh http1->h2c")}
+                                             "greenmesh h2c->http1", "greenmesh http1->h2c", pure)}
     started = {"haproxy h2c->h2c": haproxy(tmp, ports["haproxy h2c->h2c"], up_h2, h2=True)}
     m = mosn(tmp, up_h1, up_h2, free_port())
     if m is not None:
@@ -99,9 +101,11 @@ def main() -> None:
             "greenmesh http1->h2c": ("http1", "http2", up_h2)}.items():
         started[name] = greenmesh(tmp, name.replace(" ", "-").replace(">", ""),
                                   one_route_config(ports[name], listener, cluster, upstream))
+    started[pure] = greenmesh(tmp, "h2c-h2c-pure", one_route_config(ports[pure], "http2", "http2",
+                                                                    up_h2), compiled=False)
     procs += started.values()
     order = ["haproxy h2c->h2c", "MOSN h2c->h2c", "greenmesh h2c->h2c", "greenmesh h2c->http1",
-             "greenmesh http1->h2c"]
+             "greenmesh http1->h2c", pure]
     targets += [Target(n, ports[n], started[n].pid, h1 if "http1->" in n else h2c)
                 for n in order if n in started]
     if args.only:
@@ -116,7 +120,8 @@ def main() -> None:
     print_table(f"HTTP/2 h2c, h2load -c{args.clients} -m{args.streams} (http1->h2c: --h1 -c50), "
                 f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved "
                 "rounds; proxies pinned to core 1, h2load to core 0", rows,
-                [("greenmesh h2c->h2c", "MOSN h2c->h2c"), ("greenmesh h2c->http1", "MOSN h2c->h2c"),
+                [("greenmesh h2c->h2c", "MOSN h2c->h2c"), (pure, "MOSN h2c->h2c"),
+                 ("greenmesh h2c->http1", "MOSN h2c->h2c"),
                  ("greenmesh http1->h2c", "MOSN h2c->h2c"),
                  ("greenmesh h2c->h2c", "haproxy h2c->h2c")], "http2")
     # The ceiling of any proxy on this codec (bench/http2_floor.py), to read the ratios against.

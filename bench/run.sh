@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks: `bash bench/run.sh` runs HTTP/1.1, HTTP/2 and bolt; `bash bench/run.sh bolt ARGS`
-# runs one of them with its own arguments (see --help).
+# runs one of them with its own arguments (see --help). greenmesh rows run the compiled build
+# (scripts/compile.sh, built first), the rows marked "pure Python" the source.
 EXTRAS=bench
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/bootstrap.sh"
 missing=()
@@ -8,6 +9,7 @@ for tool in wrk:wrk nginx:nginx-light haproxy:haproxy h2load:nghttp2-client; do
   command -v "${tool%%:*}" >/dev/null || [ -x "/usr/sbin/${tool%%:*}" ] || missing+=("${tool#*:}")
 done
 [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
+EXTRAS=bench bash scripts/compile.sh
 case "${1:-all}" in
   http1|http2|http2_floor|bolt|xds) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
   all) .venv/bin/python bench/http1.py && .venv/bin/python bench/http2.py && .venv/bin/python bench/bolt.py && .venv/bin/python bench/xds.py ;;

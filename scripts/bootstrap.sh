@@ -26,9 +26,12 @@ fi
 
 # Reinstall only when the declared dependencies change.
 EXTRAS=${EXTRAS:-}
-stamp=".venv/.greenmesh-$(cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)${EXTRAS:+-$EXTRAS}"
+stamp=".venv/.greenmesh-$(cat setup.cfg setup.py pyproject.toml | sha1sum | cut -c1-12)${EXTRAS:+-$EXTRAS}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}"
+  # Pure Python here, whatever the environment says: an editable install would put compiled
+  # modules beside the sources, and the tree's own test run must test those sources.
+  env -u GREENMESH_COMPILE .venv/bin/python -m pip install -q --disable-pip-version-check \
+    -e ".${EXTRAS:+[$EXTRAS]}"
   touch "$stamp"
 fi
