@@ -19,8 +19,10 @@ from setuptools import setup
 COMPILED = [
     "greenmesh/access_log.py",
     "greenmesh/conn.py",
+    "greenmesh/deadline.py",
     "greenmesh/failures.py",
     "greenmesh/listener.py",
+    "greenmesh/logfile.py",
     "greenmesh/mirror.py",
     "greenmesh/model.py",
     "greenmesh/proxy.py",

@@ -9,19 +9,21 @@ from __future__ import annotations
 import ipaddress
 import socket as _stdsocket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import gevent
 import gevent.event
 from gevent import socket, ssl
 from greenlet import getcurrent
 
+from greenmesh.deadline import Expired
+
 if TYPE_CHECKING:
     from gevent._types import _TimerWatcher as Timer
 
-READ_SIZE = 65536
+READ_SIZE: Final = 65536
 # A plain int: the IntFlag arithmetic of socket.MsgFlag costs more than the syscall.
-_PEEK = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
+_PEEK: Final = int(_stdsocket.MSG_PEEK | _stdsocket.MSG_DONTWAIT)
 
 
 def _literal_family(host: str) -> int | None:
@@ -38,10 +40,6 @@ class ConnError(Exception):
 
 class ConnTimeout(ConnError):
     """No bytes arrived (or could be sent) within the allowed time."""
-
-
-class _Expired(Exception):
-    """Thrown by a connection's timer into the greenlet waiting on it."""
 
 
 def _timed_out(what: str, timeout: float) -> ConnTimeout:
@@ -154,10 +152,10 @@ class Conn:
             self._hub.wait(watcher)
             return
         timer = self._timer(what, timeout)
-        timer.start(getcurrent().throw, _Expired)
+        timer.start(getcurrent().throw, Expired)
         try:
             self._hub.wait(watcher)
-        except _Expired:
+        except Expired:
             raise _timed_out(what, timeout) from None
         finally:
             timer.stop()
@@ -167,10 +165,10 @@ class Conn:
         if timeout is None:
             return call(arg)
         timer = self._timer(what, timeout)
-        timer.start(getcurrent().throw, _Expired)
+        timer.start(getcurrent().throw, Expired)
         try:
             return call(arg)
-        except _Expired:
+        except Expired:
             raise _timed_out(what, timeout) from None
         finally:
             timer.stop()
@@ -293,10 +291,10 @@ class Conn:
 
 # Bytes a connection may have queued for its socket before its producers wait (Envoy's default
 # per_connection_buffer_limit_bytes).
-HIGH_WATER = 1 << 20
+HIGH_WATER: Final = 1 << 20
 # How long a writer may take to flush that much before the peer counts as gone (Envoy's
 # stream_idle_timeout default).
-STALL_TIMEOUT = 300.0
+STALL_TIMEOUT: Final = 300.0
 
 
 class BatchWriter:

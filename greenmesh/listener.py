@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import gevent
 import structlog
 from gevent.pool import Pool
@@ -17,9 +19,9 @@ from greenmesh.streams.base import ServerConnection, ServerOptions
 log = structlog.get_logger("greenmesh.listener")
 
 # Bytes a protocol may need to see before it can be told apart from the others.
-SNIFF_LIMIT = 64
-SNIFF_TIMEOUT = 10.0
-HANDSHAKE_TIMEOUT = 10.0
+SNIFF_LIMIT: Final = 64
+SNIFF_TIMEOUT: Final = 10.0
+HANDSHAKE_TIMEOUT: Final = 10.0
 
 
 class Listener:

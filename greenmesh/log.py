@@ -3,9 +3,8 @@
 Only the CLI calls ``configure``: an application embedding greenmesh keeps its own logging set-up,
 and greenmesh's events flow through it.
 
-Lines are written into a large buffer and flushed FLUSH_SECONDS after the first of them, not
-once per line nor once per loop turn: under load one write carries hundreds of access-log lines
-(strace showed a write per request with the per-turn flush), and a line appears within 50 ms.
+Lines go to the stream through ``logfile.LineWriter`` (large buffers, flushed 50 ms after the
+first line).
 """
 
 from __future__ import annotations
@@ -15,39 +14,22 @@ import logging
 import sys
 from typing import TextIO
 
-import gevent
 import structlog
 
 from greenmesh.access_log import AccessLog, JsonAccessLog
+from greenmesh.logfile import LineWriter
 
-FLUSH_SECONDS = 0.05
 
+class _StructlogLogger:
+    """What structlog calls with each rendered line, whatever its level."""
 
-class _LoopFlushedLogger:
-    """A structlog logger writing to a buffered stream, flushed FLUSH_SECONDS after the first
-    line written since the last flush."""
+    __slots__ = ("_line",)
 
-    __slots__ = ("_write", "_stream", "_pending", "_timer")
-
-    def __init__(self, stream: TextIO):
-        self._stream = stream
-        self._write = stream.write
-        self._pending = False
-        self._timer = gevent.get_hub().loop.timer(FLUSH_SECONDS)
+    def __init__(self, writer: LineWriter):
+        self._line = writer.line
 
     def msg(self, message: str) -> None:
-        self._write(message)
-        self._write("\n")
-        if not self._pending:
-            self._pending = True
-            self._timer.start(self._flush)
-
-    def _flush(self) -> None:
-        self._pending = False
-        try:
-            self._stream.flush()
-        except (OSError, ValueError):  # a closed pipe must not take the proxy down
-            pass
+        self._line(message)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -77,8 +59,9 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
         fmt = "console" if stream.isatty() else "json"
     renderer = (structlog.processors.JSONRenderer() if fmt == "json"
                 else structlog.dev.ConsoleRenderer(colors=stream.isatty()))
-    logger = _LoopFlushedLogger(stream)
-    atexit.register(logger._flush)
+    writer = LineWriter(stream)
+    atexit.register(writer.flush)
+    logger = _StructlogLogger(writer)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -94,4 +77,4 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
     number = logging.getLevelNamesMapping()[level.upper()]
     if number > logging.INFO:
         return Setup(None)
-    return Setup(JsonAccessLog(logger.msg) if fmt == "json" else AccessLog())
+    return Setup(JsonAccessLog(writer.line) if fmt == "json" else AccessLog())

@@ -7,6 +7,7 @@ swapped in whole, so a request in flight always sees one consistent snapshot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +164,8 @@ class WeightedCluster:
     weight: int
 
 
-RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes",
-            "refused-stream")
+RETRY_ON: Final = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-status-codes",
+                   "refused-stream")
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Final
 
 import gevent
 import structlog
@@ -39,14 +40,14 @@ from greenmesh.upstream.pool import PoolOverflow
 
 log = structlog.get_logger("greenmesh.proxy")
 
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
+IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 # A request body up to this size is kept so the request can be sent again on a fresh connection.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 
-_monotonic = time.monotonic
-_STATUS_CLASS = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not formatted per request
-_OVERLOADED = [(b"x-envoy-overloaded", b"true")]
-_UF = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+_monotonic: Final = time.monotonic
+_STATUS_CLASS: Final = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not formatted per request
+_OVERLOADED: Final = [(b"x-envoy-overloaded", b"true")]
+_UF: Final = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
 
 
 class _Exchange:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Final
 
 import gevent
 
@@ -18,7 +19,7 @@ from greenmesh.failures import ResetReason, ResponseFlag
 from greenmesh.stats import Stats
 from greenmesh.upstream.cluster import ClusterSnapshot
 
-_monotonic = time.monotonic
+_monotonic: Final = time.monotonic
 
 
 def _reset_conditions(reason: ResetReason | None) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import enum
 from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
+from typing import Final, Union
 
 from mypy_extensions import trait
 
@@ -33,7 +33,7 @@ class _WouldBlock:
         return "WOULD_BLOCK"
 
 
-WOULD_BLOCK = _WouldBlock()
+WOULD_BLOCK: Final = _WouldBlock()
 """Returned by a non-blocking body read when nothing is buffered yet."""
 
 Chunk = Union[bytes, None, _WouldBlock]  # noqa: UP007 - a runtime alias, not an annotation

@@ -8,6 +8,7 @@ read until that queue is drained, which bounds memory.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 import structlog
 
@@ -58,12 +59,12 @@ from greenmesh.streams.http_common import (
 
 log = structlog.get_logger("greenmesh.http1")
 
-_MAX_METHOD = 24
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_CLOSE = [(b"connection", b"close")]
-_CHUNKED = [(b"transfer-encoding", b"chunked")]
-_EMPTY = [(b"content-length", b"0")]
+_MAX_METHOD: Final = 24
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_CLOSE: Final = [(b"connection", b"close")]
+_CHUNKED: Final = [(b"transfer-encoding", b"chunked")]
+_EMPTY: Final = [(b"content-length", b"0")]
 
 
 def match(data: bytes) -> Match:
@@ -494,5 +495,5 @@ class Http1ClientStream(ClientStream):
         return ConnTunnel(self.conn)
 
 
-PROTOCOL = Protocol(name="http1", match=match, server=server, client=Http1ClientConnection,
-                    multiplexed=False, alpn="http/1.1")
+PROTOCOL: Final = Protocol(name="http1", match=match, server=server, client=Http1ClientConnection,
+                           multiplexed=False, alpn="http/1.1")

@@ -10,16 +10,18 @@ do here; the framing rules below are RFC 9112's.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
 from greenmesh.streams.base import Headers
 
-HEAD, DATA, END = 0, 1, 2
-MAX_HEADERS = 100  # Envoy's default max_headers_count
+HEAD: Final = 0
+DATA: Final = 1
+END: Final = 2
+MAX_HEADERS: Final = 100  # Envoy's default max_headers_count
 
-_NO_BODY_STATUS = frozenset((204, 304))
+_NO_BODY_STATUS: Final = frozenset((204, 304))
 
 
 class ParseError(Exception):

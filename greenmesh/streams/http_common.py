@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Final
 
 from greenmesh.failures import LocalReply
 from greenmesh.streams.base import Headers, ResponseHead, ServerStream
 
-REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 # Envoy's list: these describe one hop and never cross the proxy. ``expect`` goes too: greenmesh
 # answers ``100-continue`` itself once it is ready for the body, as Envoy does by default.
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                        b"te", b"trailer", b"upgrade", b"expect", b"host"))
+HOP_BY_HOP: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                               b"transfer-encoding", b"te", b"trailer", b"upgrade", b"expect",
+                               b"host"))
 
 
 def clean_request_headers(headers: Headers, peer_ip: bytes | None, scheme: bytes,
@@ -65,8 +67,8 @@ def clean_request_headers(headers: Headers, peer_ip: bytes | None, scheme: bytes
     return out, host, upgrade
 
 
-RESPONSE_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                 b"transfer-encoding", b"upgrade", b"trailer"))
+RESPONSE_HOP_BY_HOP: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                        b"transfer-encoding", b"upgrade", b"trailer"))
 
 
 def clean_response_headers(headers: Headers) -> Headers:

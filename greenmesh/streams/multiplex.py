@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from typing import Final
 
 import gevent
 from gevent.hub import get_hub
@@ -20,8 +21,8 @@ from greenmesh.streams.base import ConnectionState, ServerConnection, ServerOpti
 
 # When a connection ends, its streams (already failed, their upstream requests cancelled) get
 # this long to finish as they do before what is left is killed.
-HANDLERS_GRACE_SECONDS = 1.0
-MAX_IDLE_WORKERS = 32  # greenlets a connection keeps for its next streams
+HANDLERS_GRACE_SECONDS: Final = 1.0
+MAX_IDLE_WORKERS: Final = 32  # greenlets a connection keeps for its next streams
 
 
 @trait

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Final
 
 from gevent import ssl
 from gevent.event import AsyncResult
@@ -27,7 +28,7 @@ from greenmesh.upstream.breakers import Breakers
 # the peer closed it (a MSG_PEEK syscall): under load every request would pay for the check,
 # while a close that races the reuse costs one retry on another connection (the stale
 # keep-alive retry), which a close racing a request costs Envoy too.
-PEEK_AFTER = 0.1
+PEEK_AFTER: Final = 0.1
 
 
 class ConnectFailure(StreamReset):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from greenmesh.upstream.lb import Balancer, Weighted
 
-OVERPROVISIONING = 1.4  # Envoy's default overprovisioning factor
+OVERPROVISIONING: Final = 1.4  # Envoy's default overprovisioning factor
 
 
 class PriorityLoad:

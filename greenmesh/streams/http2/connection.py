@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 import structlog
 from gevent.event import Event
 
 from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
+from greenmesh.deadline import Expired, within
 from greenmesh.failures import ResetReason
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -37,16 +39,18 @@ from greenmesh.streams.http2.state import ConnectionError_
 
 log = structlog.get_logger("greenmesh.http2")
 
-MAX_CONCURRENT_STREAMS = 100
+MAX_CONCURRENT_STREAMS: Final = 100
 # A stream may have this much unread data in flight; the connection, this much over all streams.
-STREAM_WINDOW = 1 << 20
-CONNECTION_WINDOW = 16 << 20
-HEAD, DATA, END = 0, 1, 2
-MAX_HEADERS = 100  # Envoy's max_headers_count, pseudo-headers included
+STREAM_WINDOW: Final = 1 << 20
+CONNECTION_WINDOW: Final = 16 << 20
+HEAD: Final = 0
+DATA: Final = 1
+END: Final = 2
+MAX_HEADERS: Final = 100  # Envoy's max_headers_count, pseudo-headers included
 # Envoy's premature-reset defaults (overload protection against rapid reset).
-PREMATURE_RESET_SECONDS = 1.0
-PREMATURE_RESET_STREAMS = 500
-GOAWAY_FLUSH_SECONDS = 1.0
+PREMATURE_RESET_SECONDS: Final = 1.0
+PREMATURE_RESET_STREAMS: Final = 500
+GOAWAY_FLUSH_SECONDS: Final = 1.0
 
 
 class ShellStream:
@@ -247,8 +251,10 @@ class H2Shell:
             s.readable.clear()
             if inbox:
                 break
-            if not s.readable.wait(timeout):
-                raise StreamTimeout(f"{self.side} stream timed out")
+            try:
+                within(timeout, s.readable.wait)
+            except Expired:
+                raise StreamTimeout(f"{self.side} stream timed out") from None
         item = inbox.popleft()
         if item[0] == DATA and not self.closed:
             self.codec.consumed(s.id, len(item[1]))

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import Final
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-FRAME_HEADER = struct.Struct(">BHBBL")  # length (24 bits: a byte and a short), type, flags, stream id
-U32 = struct.Struct(">L")
-GOAWAY_BODY = struct.Struct(">LL")
-SETTING = struct.Struct(">HL")
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Length (24 bits: a byte and a short), type, flags, stream id.
+FRAME_HEADER: Final = struct.Struct(">BHBBL")
+U32: Final = struct.Struct(">L")
+GOAWAY_BODY: Final = struct.Struct(">LL")
+SETTING: Final = struct.Struct(">HL")
 
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
+DATA: Final = 0
+HEADERS: Final = 1
+PRIORITY: Final = 2
+RST_STREAM: Final = 3
+SETTINGS: Final = 4
+PUSH_PROMISE: Final = 5
+PING: Final = 6
+GOAWAY: Final = 7
+WINDOW_UPDATE: Final = 8
+CONTINUATION: Final = 9
+END_STREAM: Final = 0x1
+ACK: Final = 0x1
+END_HEADERS: Final = 0x4
+PADDED: Final = 0x8
+PRIORITY_FLAG: Final = 0x20
 
-DEFAULT_WINDOW = 65535
-MAX_WINDOW = 2**31 - 1
-DEFAULT_FRAME_SIZE = 16384
-MAX_FRAME_SIZE = 2**24 - 1
-MAX_STREAM_ID = 2**31 - 1
-RECENTLY_CLOSED = 1024  # ids remembered after release, to answer late frames precisely
+DEFAULT_WINDOW: Final = 65535
+MAX_WINDOW: Final = 2**31 - 1
+DEFAULT_FRAME_SIZE: Final = 16384
+MAX_FRAME_SIZE: Final = 2**24 - 1
+MAX_STREAM_ID: Final = 2**31 - 1
+RECENTLY_CLOSED: Final = 1024  # ids remembered after release, to answer late frames precisely
 
 
 class ErrorCode(enum.IntEnum):

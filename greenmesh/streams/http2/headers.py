@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 
 from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9113 section 8.2.2: these describe one hop and are malformed in HTTP/2.
-CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection",
-                                 b"transfer-encoding", b"upgrade"))
-REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
-RESPONSE_PSEUDO = frozenset((b":status",))
-_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a lowercase token
-_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
-_CACHE_LIMIT = 4096  # entries per cache, before it starts again
-_STATIC_ENTRIES = 61  # RFC 7541 appendix A
+CONNECTION_SPECIFIC: Final = frozenset((b"connection", b"keep-alive", b"proxy-connection",
+                                        b"transfer-encoding", b"upgrade"))
+REQUEST_PSEUDO: Final = frozenset((b":method", b":scheme", b":authority", b":path"))
+RESPONSE_PSEUDO: Final = frozenset((b":status",))
+_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")  # a lowercase token
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+_CACHE_LIMIT: Final = 4096  # entries per cache, before it starts again
+_STATIC_ENTRIES: Final = 61  # RFC 7541 appendix A
 
 
 def _integer(block: bytes, i: int, prefix: int) -> tuple[int, int]:

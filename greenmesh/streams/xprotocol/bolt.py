@@ -10,29 +10,41 @@ uint32 length + bytes), content. Big-endian throughout.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from greenmesh.failures import ResponseFlag
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import Headers
 from greenmesh.streams.xprotocol import CodecError, XCodec, XFrame
 
-REQUEST = struct.Struct(">BBHBIBiHHI")
-RESPONSE = struct.Struct(">BBHBIBHHHI")
-_ID = struct.Struct(">I")
-PROTO_V1 = 1
-TYPE_RESPONSE, TYPE_REQUEST, TYPE_ONEWAY = 0, 1, 2
-CMD_HEARTBEAT, CMD_REQUEST, CMD_RESPONSE = 0, 1, 2
-HESSIAN2 = 1
-MAX_FRAME = 16 << 20  # a bigger frame is taken for garbage rather than buffered
+REQUEST: Final = struct.Struct(">BBHBIBiHHI")
+RESPONSE: Final = struct.Struct(">BBHBIBHHHI")
+_ID: Final = struct.Struct(">I")
+PROTO_V1: Final = 1
+TYPE_RESPONSE: Final = 0
+TYPE_REQUEST: Final = 1
+TYPE_ONEWAY: Final = 2
+CMD_HEARTBEAT: Final = 0
+CMD_REQUEST: Final = 1
+CMD_RESPONSE: Final = 2
+HESSIAN2: Final = 1
+MAX_FRAME: Final = 16 << 20  # a bigger frame is taken for garbage rather than buffered
 
 # SOFABolt ResponseStatus
-SUCCESS, ERROR, SERVER_EXCEPTION, UNKNOWN, SERVER_BUSY, ERROR_COMM, NO_PROCESSOR, TIMEOUT = range(8)
-CODEC_EXCEPTION = 9
-CONNECTION_CLOSED = 0x10
+SUCCESS: Final = 0
+ERROR: Final = 1
+SERVER_EXCEPTION: Final = 2
+UNKNOWN: Final = 3
+SERVER_BUSY: Final = 4
+ERROR_COMM: Final = 5
+NO_PROCESSOR: Final = 6
+TIMEOUT: Final = 7
+CODEC_EXCEPTION: Final = 9
+CONNECTION_CLOSED: Final = 0x10
 
 # Why greenmesh answers -> what a bolt client reads (MOSN's mapping, with upstream connection
 # failures told apart from a missing route).
-_FLAG_STATUS = {
+_FLAG_STATUS: Final = {
     ResponseFlag.NO_ROUTE_FOUND: NO_PROCESSOR,
     ResponseFlag.NO_CLUSTER_FOUND: NO_PROCESSOR,
     ResponseFlag.NO_HEALTHY_UPSTREAM: NO_PROCESSOR,
@@ -45,9 +57,9 @@ _FLAG_STATUS = {
     ResponseFlag.UPSTREAM_PROTOCOL_ERROR: ERROR_COMM,
     ResponseFlag.INTERNAL_ERROR: SERVER_EXCEPTION,
 }
-_HTTP_STATUS = {SUCCESS: 200, SERVER_BUSY: 503, TIMEOUT: 504, NO_PROCESSOR: 404,
-                CONNECTION_CLOSED: 502, ERROR_COMM: 502}
-_STATUS_FROM_HTTP = {200: SUCCESS, 404: NO_PROCESSOR, 503: SERVER_BUSY, 504: TIMEOUT}
+_HTTP_STATUS: Final = {SUCCESS: 200, SERVER_BUSY: 503, TIMEOUT: 504, NO_PROCESSOR: 404,
+                       CONNECTION_CLOSED: 502, ERROR_COMM: 502}
+_STATUS_FROM_HTTP: Final = {200: SUCCESS, 404: NO_PROCESSOR, 503: SERVER_BUSY, 504: TIMEOUT}
 
 
 class BoltFrame(XFrame):
@@ -217,4 +229,4 @@ def _protocol() -> Protocol:
     return make_protocol(BoltCodec())
 
 
-PROTOCOL = _protocol()
+PROTOCOL: Final = _protocol()

@@ -18,11 +18,11 @@ from collections.abc import Callable, Container
 import gevent
 import structlog
 from gevent.event import AsyncResult, Event
-from gevent.timeout import Timeout
 from mypy_extensions import trait
 
 from greenmesh import model
 from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
+from greenmesh.deadline import Expired, within
 from greenmesh.failures import LocalReply, ResponseFlag
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import (
@@ -392,8 +392,8 @@ class XClientStream(_WholeFrames, ClientStream):
         if self._oneway:
             return ResponseHead(200, [])  # sent: that is all a oneway request gets
         try:
-            frame = self.result.get(timeout=timeout)
-        except Timeout:
+            frame = within(timeout, self.result.get)
+        except Expired:
             raise StreamTimeout("upstream response timed out") from None
         if frame is None:
             raise StreamReset("upstream connection closed")
