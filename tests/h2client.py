@@ -41,6 +41,10 @@ class H2Client:
         self.closed = False
         self.acked: set[bytes] = set()  # PING payloads acknowledged
         self._pings = 0
+        # Every RST_STREAM as (stream id, code), read off the wire: h2 drops those that come
+        # for a stream it already considers closed.
+        self.wire_resets: list[tuple[int, int]] = []
+        self._frames = b""
 
     def request(self, method: str, path: str, body: bytes = b"", headers=(),
                 end: bool = True) -> int:
@@ -79,11 +83,24 @@ class H2Client:
             if not data:
                 self.closed = True
                 continue
+            self._scan(data)
             for ev in self.h2.receive_data(data):
                 self._on(ev)
             out = self.h2.data_to_send()
             if out:
                 self.sock.sendall(out)
+
+    def _scan(self, data: bytes) -> None:
+        buf = self._frames + data
+        while len(buf) >= 9:
+            length = int.from_bytes(buf[:3], "big")
+            if len(buf) < 9 + length:
+                break
+            if buf[3] == 0x3:  # RST_STREAM
+                sid = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+                self.wire_resets.append((sid, int.from_bytes(buf[9:13], "big")))
+            buf = buf[9 + length:]
+        self._frames = buf
 
     def _on(self, ev) -> None:
         r = self.responses.get(getattr(ev, "stream_id", None) or 0)

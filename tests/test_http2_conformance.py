@@ -98,6 +98,26 @@ def test_content_length_mismatch_resets_only_that_stream(upstream, start_mesh):
     c.close()
 
 
+@pytest.mark.parametrize("rest, resets", [(b"12345678", []), (b"1234", [PROTOCOL_ERROR])])
+def test_a_body_that_goes_on_after_a_local_reply_is_read_and_checked(start_mesh, rest, resets):
+    """The reply ends the stream first; the body sent after it still gets its END_STREAM seen
+    (no reset) or, if it breaks content-length, PROTOCOL_ERROR, whatever the timing."""
+    gm = start_mesh(http2_listener("127.0.0.1:1", routes=[
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "direct"}}]))
+    c = H2Client(gm.port(), checked=False)
+    post = c.send([(b":method", b"POST"), *GET[1:], (b"content-length", b"8")], end=False)
+    c.pump(lambda: c.responses[post].ended)
+    assert bytes(c.responses[post].body) == b"direct"
+    c.h2.send_data(post, rest, end_stream=True)
+    c.sock.sendall(c.h2.data_to_send())
+    c.ping()
+    assert [code for sid, code in c.wire_resets if sid == post] == resets
+    after = c.request("GET", "/")
+    c.pump(lambda: c.done(after))
+    assert c.responses[after].status == 200 and c.goaway is None
+    c.close()
+
+
 def test_the_101st_concurrent_stream_is_refused_and_100_complete(upstream, start_mesh):
     gm = start_mesh(http2_listener(upstream.address))
     c = H2Client(gm.port())

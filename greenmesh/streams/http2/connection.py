@@ -51,6 +51,9 @@ MAX_HEADERS: Final = 100  # Envoy's max_headers_count, pseudo-headers included
 PREMATURE_RESET_SECONDS: Final = 1.0
 PREMATURE_RESET_STREAMS: Final = 500
 GOAWAY_FLUSH_SECONDS: Final = 1.0
+# What a server reads and drops of a request body that goes on after its response ended.
+DISCARD_BYTES: Final = 1 << 16
+DISCARD_SECONDS: Final = 1.0
 
 
 class ShellStream:

@@ -25,6 +25,8 @@ from greenmesh.streams.base import (
 )
 from greenmesh.streams.http2.connection import (
     DATA,
+    DISCARD_BYTES,
+    DISCARD_SECONDS,
     END,
     MAX_HEADERS,
     PREMATURE_RESET_SECONDS,
@@ -111,8 +113,29 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
             finally:
                 if not stream.done:
                     self.reset_stream(s, ErrorCode.INTERNAL_ERROR)
+                else:
+                    self._discard_rest(s)
         finally:
             self.forget(s)
+
+    def _discard_rest(self, s: ShellStream) -> None:
+        """A response that ended before its request (a local reply, an early upstream answer):
+        a little more of the request body is read and dropped before the stream is forgotten,
+        as nginx discards a body, so a peer still sending gets its END_STREAM seen and a body
+        that breaks the rules (content-length) its PROTOCOL_ERROR, not a NO_ERROR reset that
+        depends on timing. Bounded in bytes and time; past either, the reset goes out."""
+        if s.reset_code is not None or self.codec.remote_ended(s.id):
+            return
+        deadline = _monotonic() + DISCARD_SECONDS
+        left = DISCARD_BYTES
+        try:
+            while left > 0:
+                kind, data = self.read(s, max(deadline - _monotonic(), 0.0), True)
+                if kind == END:
+                    return
+                left -= len(data)
+        except StreamError:
+            return  # reset by the peer or for its error, or out of time
 
     def _refuse_oversized(self, s: ShellStream, count: int) -> None:
         """431, as HTTP/1.1 gets: the connection and the other streams on it go on (the codec
