@@ -60,7 +60,8 @@ class Conn:
     TLS sockets keep gevent's methods: only the SSL object knows when a record is complete."""
 
     __slots__ = ("sock", "peer", "bytes_in", "bytes_out", "closed", "close_reason",
-                 "_pending", "_timeout", "tls", "_raw", "_timers", "_hub")
+                 "_pending", "_timeout", "tls", "_raw", "_read_timer", "_read_after",
+                 "_write_timer", "_write_after", "_hub")
 
     def __init__(self, sock: socket.socket, peer: tuple | None = None, timeout: float | None = None):
         self.sock = sock
@@ -75,7 +76,11 @@ class Conn:
         # One reusable timer for waiting reads, one for waiting writes (with the timeout it
         # was made for): with multiplexed protocols a reader and a writer greenlet may both be
         # waiting on this connection.
-        self._timers: dict[str, tuple[float, Timer]] = {}
+        # (Plain slots, not a dict: an idle connection holds them.)
+        self._read_timer: Timer | None = None
+        self._read_after = 0.0
+        self._write_timer: Timer | None = None
+        self._write_after = 0.0
         self._hub = gevent.get_hub()
         sock.settimeout(None)  # waits are bounded by our timer, not gevent's per-wait one
         # The underlying non-blocking socket (gevent's own), for the first, non-waiting try.
@@ -137,10 +142,17 @@ class Conn:
         return sock.selected_alpn_protocol()
 
     def _timer(self, what: str, timeout: float) -> Timer:
-        made = self._timers.get(what)
-        if made is None or made[0] != timeout:
-            made = self._timers[what] = (timeout, self._hub.loop.timer(timeout))
-        return made[1]
+        if what == "read":
+            timer = self._read_timer
+            if timer is None or self._read_after != timeout:
+                timer = self._read_timer = self._hub.loop.timer(timeout)
+                self._read_after = timeout
+            return timer
+        timer = self._write_timer
+        if timer is None or self._write_after != timeout:
+            timer = self._write_timer = self._hub.loop.timer(timeout)
+            self._write_after = timeout
+        return timer
 
     def _until_ready(self, what: str, timeout: float | None) -> None:
         """Parks the greenlet until the socket is readable (``what`` is "read") or writable,

@@ -63,7 +63,8 @@ class Listener:
 
     def _handle(self, sock, peer) -> None:
         stats = self.stats
-        if len(self._conns) >= self.config.max_connections:
+        limit = self.config.max_connections
+        if limit is not None and len(self._conns) >= limit:
             stats.inc(self._prefix + "downstream_cx_overflow")
             sock.close()
             return

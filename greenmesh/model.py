@@ -260,7 +260,8 @@ class Listener:
     address: Address
     route_config: str
     protocol: str = "http1"
-    max_connections: int = 10000
+    # Downstream connections open at once; None: no limit, as Envoy (the fd limit bounds them).
+    max_connections: int | None = None
     # Bytes of request line plus headers before the request is refused with 431 (Envoy: 60 KiB).
     max_request_headers_kb: int = 60
     idle_timeout: float = 300.0

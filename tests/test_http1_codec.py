@@ -23,7 +23,7 @@ def feed_all(parser, data: bytes, step: int = 0) -> list:
             parser.feed(data[i:i + step])
     else:
         parser.feed(data)
-    return list(parser.events)
+    return parser.events.take_all()
 
 
 def summary(events: list) -> list:
@@ -93,36 +93,33 @@ def test_header_limits_answer_431():
 def test_error_behind_good_request_is_held_back():
     p = request_parser(8192)
     p.feed(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n\x16\x03garbage")
-    assert summary(list(p.events)) == [("head", b"GET", b"/ok"), ("end", None)]
+    assert summary(p.events.take_all()) == [("head", b"GET", b"/ok"), ("end", None)]
     assert p.error is not None and p.error.status == 400
 
 
 def test_response_close_delimited_and_informational():
     p = response_parser()
-    feed_all(p, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\nstream")
-    events = list(p.events)
+    events = feed_all(p, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n\r\nstream")
     assert summary(events)[:4] == [("head", 103, b""), ("end", None), ("head", 200, b""),
                                    ("data", b"stream")]
-    p.events.clear()
-    assert p.feed_eof() and list(p.events) == [(END, None)]
+    assert p.feed_eof() and p.events.take_all() == [(END, None)]
 
 
 def test_response_to_head_has_no_body_and_parser_carries_on():
     p = response_parser()
     p.head_request = True
     p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
-    assert summary(list(p.events)) == [("head", 200, b""), ("end", None)]
+    assert summary(p.events.take_all()) == [("head", 200, b""), ("end", None)]
     assert p.clean_stop
-    p.events.clear()
     p.head_request = False
     p.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    assert summary(list(p.events)) == [("head", 200, b""), ("data", b"ok"), ("end", None)]
+    assert summary(p.events.take_all()) == [("head", 200, b""), ("data", b"ok"), ("end", None)]
 
 
 def test_no_body_statuses():
     p = response_parser()
     p.feed(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
-    assert summary(list(p.events)) == [("head", 304, b""), ("end", None), ("head", 204, b""),
+    assert summary(p.events.take_all()) == [("head", 304, b""), ("end", None), ("head", 204, b""),
                                        ("end", None)]
 
 
@@ -130,7 +127,7 @@ def test_upgrade_keeps_the_bytes_after_the_head():
     p = request_parser(8192)
     p.feed(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
            b"\x81\x05hello")
-    (_, head), end = list(p.events)
+    (_, head), end = p.events.take_all()
     assert head.upgrade and end == (END, None)
     assert p.upgrade_data == b"\x81\x05hello"
 

@@ -222,7 +222,7 @@ class Http1ServerStream(ServerStream):
         if not head.keep_alive or self._http10:
             sc.state = ConnectionState.DRAINING  # closes after this exchange
         events = sc.events
-        self.request_complete = bool(events) and events[0][0] == END
+        self.request_complete = bool(events) and events.first()[0] == END
         if self.request_complete:
             events.popleft()
         self.request_state = MessageState.DONE if self.request_complete else MessageState.BODY
