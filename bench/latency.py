@@ -1,9 +1,10 @@
 """Latency a proxy adds: p50 and p99 through it minus direct, HTTP/1.1 and h2c.
 
-nginx (2 workers, ``return 200``) is the origin. h2load (pinned to core 0, per-request log) loads
-each target with 1 and with 10 connections, one request in flight on each (closed loop), and then
-at a fixed rate of half greenmesh's peak (``--rps`` per connection over 10 connections; peak:
-greenmesh's req/s with 10 connections x 10 in flight, measured first in the same run). Each case
+nginx (one worker, ``return 200``) is the origin, pinned to core 0 with h2load. h2load (per-request
+log) loads each target with 1 and with 10 connections, one request in flight on each (closed
+loop), and then at a fixed rate of half greenmesh's peak (``--rps`` per connection over 10
+connections; peak: greenmesh's req/s with 50 connections for HTTP/1.1, 10 connections x 10 in
+flight for h2c, measured first in the same run). Each case
 runs on the origin directly, MOSN and greenmesh (compiled build, access log on) in interleaved
 rounds; each proxy is pinned to core 1. "added" is the target's percentile minus direct's in the
 same case: medians over the rounds.
@@ -38,7 +39,7 @@ from common import (
     which,
 )
 
-from greenmesh.testing.nginx import start_nginx
+from greenmesh.testing.nginx import nginx_binary, nginx_conf
 
 
 def h2load(port: int, seconds: int, clients: int, streams: int, log: Path, h1: bool,
@@ -70,9 +71,12 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="greenmesh-bench-latency-"))
     up_h1, up_h2 = free_port(), free_port()
-    procs = [start_nginx(tmp, "origin", 2,
-                         f"server {{ listen 127.0.0.1:{up_h1}; listen 127.0.0.1:{up_h2} http2; "
-                         'location / { return 200 "hello from nginx\\n"; } }')]
+    # The origin shares core 0 with h2load: core 1 is the proxy's alone.
+    conf = nginx_conf(tmp, "origin", 1,
+                      f"server {{ listen 127.0.0.1:{up_h1}; listen 127.0.0.1:{up_h2} http2; "
+                      'location / { return 200 "hello from nginx\\n"; } }')
+    procs = [subprocess.Popen(pinned([nginx_binary(), "-c", str(conf)], LOAD_CORE),
+                              stderr=subprocess.DEVNULL)]
     gm_h1, gm_h2 = free_port(), free_port()
     procs.append(gm1 := greenmesh(tmp, "gm-h1", one_route_config(gm_h1, "http1", "http1", up_h1)))
     procs.append(gm2 := greenmesh(tmp, "gm-h2", one_route_config(gm_h2, "http2", "http2", up_h2)))
@@ -92,10 +96,13 @@ def main() -> None:
         for proto, group in targets.items():
             h1 = proto == "HTTP/1.1"
             port = group["greenmesh"][0]
-            h2load(port, 1, 10, 10, tmp / "warm.log", h1)
-            peaks[proto] = h2load(port, args.seconds, 10, 10, tmp / "peak.log", h1)["rps"]
-            print(f"{proto}: greenmesh peak {peaks[proto]:.0f} req/s (10 x 10 in flight)",
-                  file=sys.stderr)
+            # Peak as the throughput benches load it: 50 connections (HTTP/1.1), 10 x 10 (h2c).
+            clients, streams = (50, 1) if h1 else (10, 10)
+            h2load(port, 1, clients, streams, tmp / "warm.log", h1)
+            peaks[proto] = h2load(port, args.seconds, clients, streams, tmp / "peak.log",
+                                  h1)["rps"]
+            print(f"{proto}: greenmesh peak {peaks[proto]:.0f} req/s ({clients} x {streams} in "
+                  "flight)", file=sys.stderr)
             cases = [("1 connection", 1, None), ("10 connections", 10, None),
                      (f"half peak ({peaks[proto] / 2:.0f} req/s)", 10, peaks[proto] / 20)]
             for r in range(args.rounds):
