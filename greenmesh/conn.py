@@ -75,7 +75,9 @@ class Conn:
         self.tls = False
         # One reusable timer for waiting reads, one for waiting writes (with the timeout it
         # was made for): with multiplexed protocols a reader and a writer greenlet may both be
-        # waiting on this connection.
+        # waiting on this connection. Made repeating and armed with again(): libev keeps what
+        # was left of a one-shot timer when it is stopped, so start() after stop() would wait
+        # only the rest, and the timeouts of a long-lived connection would shrink to nothing.
         # (Plain slots, not a dict: an idle connection holds them.)
         self._read_timer: Timer | None = None
         self._read_after = 0.0
@@ -145,12 +147,12 @@ class Conn:
         if what == "read":
             timer = self._read_timer
             if timer is None or self._read_after != timeout:
-                timer = self._read_timer = self._hub.loop.timer(timeout)
+                timer = self._read_timer = self._hub.loop.timer(timeout, timeout)
                 self._read_after = timeout
             return timer
         timer = self._write_timer
         if timer is None or self._write_after != timeout:
-            timer = self._write_timer = self._hub.loop.timer(timeout)
+            timer = self._write_timer = self._hub.loop.timer(timeout, timeout)
             self._write_after = timeout
         return timer
 
@@ -164,7 +166,7 @@ class Conn:
             self._hub.wait(watcher)
             return
         timer = self._timer(what, timeout)
-        timer.start(getcurrent().throw, Expired)
+        timer.again(getcurrent().throw, Expired)  # the whole timeout, each time
         try:
             self._hub.wait(watcher)
         except Expired:
@@ -177,7 +179,7 @@ class Conn:
         if timeout is None:
             return call(arg)
         timer = self._timer(what, timeout)
-        timer.start(getcurrent().throw, Expired)
+        timer.again(getcurrent().throw, Expired)  # the whole timeout, each time
         try:
             return call(arg)
         except Expired:

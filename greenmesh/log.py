@@ -35,15 +35,20 @@ class _StructlogLogger:
 
 
 class Setup:
-    """What ``configure`` set up: how the access log is written."""
+    """What ``configure`` set up: how the access log is written, and the lines' writer."""
 
-    __slots__ = ("_access_log",)
+    __slots__ = ("_access_log", "_writer")
 
-    def __init__(self, access_log: AccessLog | None):
+    def __init__(self, access_log: AccessLog | None, writer: LineWriter):
         self._access_log = access_log
+        self._writer = writer
 
     def access_log(self) -> AccessLog | None:
         return self._access_log
+
+    def flush(self) -> None:
+        """Writes the lines still waiting (they go out within 50 ms anyway, and at exit)."""
+        self._writer.flush()
 
 
 def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None = None
@@ -76,5 +81,5 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
     )
     number = logging.getLevelNamesMapping()[level.upper()]
     if number > logging.INFO:
-        return Setup(None)
-    return Setup(JsonAccessLog(writer.line) if fmt == "json" else AccessLog())
+        return Setup(None, writer)
+    return Setup(JsonAccessLog(writer.line) if fmt == "json" else AccessLog(), writer)

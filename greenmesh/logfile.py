@@ -1,6 +1,6 @@
 """The process's log stream, written in large buffers.
 
-Lines are flushed FLUSH_SECONDS after the first of them, not once per line nor once per loop
+Lines are written FLUSH_SECONDS after the first of them, not once per line nor once per loop
 turn: under load one write carries hundreds of access-log lines (strace showed a write per
 request with the per-turn flush), and a line appears within 50 ms. Compiled in the compiled
 build: the access log writes a line per request through it.
@@ -13,30 +13,43 @@ from typing import Final, TextIO
 import gevent
 
 FLUSH_SECONDS: Final = 0.05
+FLUSH_CHARS: Final = 1 << 16  # or sooner, once this much is waiting
 
 
 class LineWriter:
-    """Writes lines to a buffered stream, flushed FLUSH_SECONDS after the first line written
-    since the last flush."""
+    """Collects lines and writes them to the stream in one write, FLUSH_SECONDS after the first
+    line since the last flush (or once FLUSH_CHARS are waiting). It keeps its own buffer rather
+    than rely on the stream's, which may be a terminal's line buffer or off altogether."""
 
-    __slots__ = ("_write", "_stream", "_pending", "_timer")
+    __slots__ = ("_stream", "_lines", "_chars", "_timer")
 
     def __init__(self, stream: TextIO):
         self._stream = stream
-        self._write = stream.write
-        self._pending = False
-        self._timer = gevent.get_hub().loop.timer(FLUSH_SECONDS)
+        self._lines: list[str] = []
+        self._chars = 0
+        # Repeating, armed with again(): a stopped one-shot libev timer keeps only what was
+        # left of its time, so start() would fire at once from the second flush on.
+        self._timer = gevent.get_hub().loop.timer(FLUSH_SECONDS, FLUSH_SECONDS)
 
     def line(self, message: str) -> None:
-        self._write(message)
-        self._write("\n")
-        if not self._pending:
-            self._pending = True
-            self._timer.start(self.flush)
+        lines = self._lines
+        if not lines:
+            self._timer.again(self.flush)
+        lines.append(message)
+        self._chars += len(message)
+        if self._chars > FLUSH_CHARS:
+            self.flush()
 
     def flush(self) -> None:
-        self._pending = False
+        self._timer.stop()
+        lines = self._lines
+        if not lines:
+            return
+        text = "\n".join(lines)
+        lines.clear()
+        self._chars = 0
         try:
+            self._stream.write(text + "\n")
             self._stream.flush()
         except (OSError, ValueError):  # a closed pipe must not take the proxy down
             pass

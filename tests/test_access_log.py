@@ -18,7 +18,8 @@ TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 def test_json_access_log_lines_are_the_structlog_pipelines_lines():
     stream = io.StringIO()
     try:
-        fast = configure("info", "json", stream=stream).access_log()
+        setup = configure("info", "json", stream=stream)
+        fast = setup.access_log()
         assert isinstance(fast, JsonAccessLog)
         cases = [
             ("ingress", b"GET", b"example.com", b'/a?b="c"\\', 200, "-", 0, 17, 532, "up",
@@ -30,6 +31,7 @@ def test_json_access_log_lines_are_the_structlog_pipelines_lines():
         for args in cases:
             AccessLog().log(*args)
             fast.log(*args)
+        setup.flush()
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     finally:
         structlog.reset_defaults()
