@@ -42,9 +42,12 @@ from greenmesh.testing.nginx import start_nginx
 
 
 def h2load(port: int, seconds: int, clients: int, streams: int, log: Path | None = None,
-           h1: bool = False) -> dict:
+           h1: bool = False, rps: float | None = None) -> dict:
+    """One h2load run: req/s, requests, errors, and p50/p99 (ms) from its per-request log when
+    ``log`` names one; ``rps``: at most that many requests a second on each connection."""
     cmd = [which("h2load"), f"-c{clients}", f"-m{streams}", "-D", str(seconds),
-           *(["--h1"] if h1 else []), f"http://127.0.0.1:{port}/"]
+           *(["--h1"] if h1 else []), *([f"--rps={rps:.1f}"] if rps else []),
+           f"http://127.0.0.1:{port}/"]
     if log is not None:
         cmd[1:1] = ["--log-file", str(log)]
     out = subprocess.run(pinned(cmd, LOAD_CORE), capture_output=True, text=True,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import subprocess
@@ -36,31 +35,10 @@ from common import (
     pinned,
     stop_all,
     wait_port,
-    which,
 )
+from http2 import h2load
 
 from greenmesh.testing.nginx import nginx_binary, nginx_conf
-
-
-def h2load(port: int, seconds: int, clients: int, streams: int, log: Path, h1: bool,
-           rps: float | None = None) -> dict:
-    """One h2load run: req/s, p50/p99 (ms) from its per-request log, requests, errors."""
-    cmd = [which("h2load"), "--log-file", str(log), f"-c{clients}", f"-m{streams}", "-D",
-           str(seconds), *(["--h1"] if h1 else []),
-           *([f"--rps={rps:.1f}"] if rps else []), f"http://127.0.0.1:{port}/"]
-    out = subprocess.run(pinned(cmd, LOAD_CORE), capture_output=True, text=True,
-                         timeout=seconds + 60).stdout
-    rps_seen = float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1))
-    ok = re.search(r"requests: .*?(\d+) succeeded, (\d+) failed, (\d+) errored", out)
-    durations = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines()
-                       if line.count("\t") >= 2)
-    log.unlink()
-    n = len(durations)
-    return {"rps": rps_seen, "requests": int(ok.group(1)) if ok else 0,
-            "p50": durations[n // 2] / 1000 if n else 0.0,
-            "p99": durations[int(n * 0.99)] / 1000 if n else 0.0,
-            "errors": "" if ok and ok.group(2) == ok.group(3) == "0" else (
-                ok.group(0) if ok else out[-300:])}
 
 
 def main() -> None:
