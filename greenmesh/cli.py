@@ -45,12 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     import gevent
+    import gevent.event
 
     from greenmesh.log import configure
     from greenmesh.mesh import Mesh
 
     logging_setup = configure(args.log_level, args.log_format)
     mesh = Mesh(config, access_log=logging_setup.access_log())
+    # The handlers go in before the listeners accept: a SIGTERM that comes as soon as the first
+    # request is answered still drains (it used to find the default action, on a loaded box).
+    stop_asked = gevent.event.Event()
+    gevent.signal_handler(signal.SIGTERM, stop_asked.set)
+    gevent.signal_handler(signal.SIGINT, stop_asked.set)
     try:
         mesh.start()
     except OSError as e:
@@ -63,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     import gc
     gc.freeze()
 
-    def shutdown() -> None:
-        gevent.spawn(mesh.stop)
+    def stop_when_asked() -> None:
+        stop_asked.wait()
+        mesh.stop()
 
-    gevent.signal_handler(signal.SIGTERM, shutdown)
-    gevent.signal_handler(signal.SIGINT, shutdown)
+    gevent.spawn(stop_when_asked)
     mesh.wait()
     return 0
 
