@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import shutil
 import socket
@@ -45,6 +46,15 @@ from greenmesh.testing.nginx import start_nginx
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
+def _whole_response(data: bytes) -> bool:
+    """A whole response head and its content-length's worth of body."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    return m is not None and len(body) >= int(m.group(1))
+
+
 def hold(port: int, n: int) -> list[socket.socket]:
     """``n`` keep-alive connections, each after one whole request and response."""
     socks = []
@@ -52,7 +62,7 @@ def hold(port: int, n: int) -> list[socket.socket]:
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
         s.sendall(REQUEST)
         got = b""
-        while b"\r\n\r\n" not in got or not got.endswith(b"\n"):
+        while not _whole_response(got):
             chunk = s.recv(4096)
             if not chunk:
                 raise RuntimeError(f"port {port} closed a held connection")
