@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks: `bash bench/run.sh` runs them all (throughput and CPU: HTTP/1.1, HTTP/2, bolt,
-# xDS; then latency added, many connections, 100 MB bodies); `bash bench/run.sh bolt ARGS` runs
-# one of them with its own arguments (see --help). greenmesh rows run the compiled build
+# xDS; then latency added, many connections, 100 MB bodies, what filters cost); `bash
+# bench/run.sh bolt ARGS` runs one of them with its own arguments (see --help). greenmesh rows run the compiled build
 # (scripts/compile.sh, built first), the rows marked "pure Python" the source.
 EXTRAS=bench
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/bootstrap.sh"
@@ -12,10 +12,10 @@ done
 [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
 EXTRAS=bench bash scripts/compile.sh
 case "${1:-all}" in
-  http1|http2|http2_floor|bolt|xds|latency|scale|bodies) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
-  all) for which in http1 http2 bolt xds latency scale bodies; do
+  http1|http2|http2_floor|bolt|xds|latency|scale|bodies|filters) which=$1; shift; exec .venv/bin/python "bench/$which.py" "$@" ;;
+  all) for which in http1 http2 bolt xds latency scale bodies filters; do
          .venv/bin/python "bench/$which.py" || exit 1
        done ;;
-  *) echo "usage: bench/run.sh [http1|http2|http2_floor|bolt|xds|latency|scale|bodies [ARGS]]" >&2
+  *) echo "usage: bench/run.sh [http1|http2|http2_floor|bolt|xds|latency|scale|bodies|filters [ARGS]]" >&2
      exit 2 ;;
 esac

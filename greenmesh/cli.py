@@ -24,10 +24,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from greenmesh.config import ConfigError, load_file
+    # gRPC's C core writes its own log lines (e.g. "Got goaway" at INFO when the control plane
+    # restarts) straight to stderr, outside the structured log: only its errors, unless the
+    # operator asks for more. Set before grpc loads; an embedding application keeps its own.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from gevent import monkey
 
+    # Before the config loads: it imports user filter modules, which must see gevent's socket.
+    monkey.patch_all()
+    from greenmesh.config import ConfigError, load_file
+    from greenmesh.filters.registry import FilterRegistry
+
+    filters = FilterRegistry()
     try:
-        config = load_file(args.config)
+        config = load_file(args.config, filters=filters)
     except ConfigError as e:
         sys.stderr.write("".join(f"{line}\n" for line in e.errors))
         return 1
@@ -35,13 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("ok\n")
         return 0
 
-    # gRPC's C core writes its own log lines (e.g. "Got goaway" at INFO when the control plane
-    # restarts) straight to stderr, outside the structured log: only its errors, unless the
-    # operator asks for more. Set before grpc loads; an embedding application keeps its own.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    from gevent import monkey
-
-    monkey.patch_all()
     import signal
 
     import gevent
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from greenmesh.mesh import Mesh
 
     logging_setup = configure(args.log_level, args.log_format)
-    mesh = Mesh(config, access_log=logging_setup.access_log())
+    mesh = Mesh(config, access_log=logging_setup.access_log(), filters=filters)
     # The handlers go in before the listeners accept: a SIGTERM that comes as soon as the first
     # request is answered still drains (it used to find the default action, on a loaded box).
     stop_asked = gevent.event.Event()

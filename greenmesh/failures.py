@@ -26,6 +26,9 @@ class ResponseFlag(enum.Enum):
     DOWNSTREAM_CONNECTION_TERMINATION = "DC"
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"
     STREAM_IDLE_TIMEOUT = "SI"
+    DELAY_INJECTED = "DI"
+    FAULT_INJECTED = "FI"
+    RATE_LIMITED = "RL"
     # greenmesh's own: a bug in greenmesh ended the request (logged with its traceback).
     INTERNAL_ERROR = "IE"
 

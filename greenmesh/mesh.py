@@ -16,6 +16,8 @@ from greenmesh import config as config_loader
 from greenmesh import model
 from greenmesh.access_log import AccessLog
 from greenmesh.admin import Admin
+from greenmesh.filters.chain import FilterChain
+from greenmesh.filters.registry import FilterRegistry
 from greenmesh.listener import Listener
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
@@ -31,12 +33,15 @@ log = structlog.get_logger("greenmesh")
 
 class Mesh:
     def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None,
-                 access_log: AccessLog | None = None):
+                 access_log: AccessLog | None = None, filters: FilterRegistry | None = None):
         """``access_log``: where listeners write their access-log lines (default: through
-        structlog, so an embedding application's logging configuration applies)."""
+        structlog, so an embedding application's logging configuration applies).
+        ``filters``: the filter types (default: those that ship, and entry points); a config
+        naming an application's own types must have been loaded with the same registry."""
         self.config = config
         self._access_log = access_log or AccessLog()
         self.registry = registry or default_registry()
+        self.filters = filters or FilterRegistry()
         self.stats = Stats()
         self.clusters = ClusterManager(self.registry, self.stats)
         self._routes: dict[str, RouteTable] = {}
@@ -51,7 +56,8 @@ class Mesh:
 
     @classmethod
     def from_file(cls, path: str, **kwargs) -> Mesh:
-        return cls(config_loader.load_file(path), **kwargs)
+        filters = kwargs.setdefault("filters", FilterRegistry())
+        return cls(config_loader.load_file(path, filters=filters), **kwargs)
 
     def start(self) -> Mesh:
         """Binds every listener and admin; returns once they accept connections."""
@@ -96,9 +102,11 @@ class Mesh:
 
     def _start_listener(self, lc: model.Listener) -> Listener:
         name = lc.route_config
+        chain = FilterChain(lc.name, lc.http_filters, self.filters, self.stats) \
+            if lc.http_filters else None
         proxy = Proxy(lc.name, lambda: self._routes.get(name), self.clusters, self.stats,
                       access_log=self._access_log if lc.access_log else None,
-                      tunnel_idle_timeout=lc.idle_timeout)
+                      tunnel_idle_timeout=lc.idle_timeout, filters=chain)
         listener = Listener(lc, self.registry, proxy, self.stats)
         listener.start()
         self.listeners[lc.name] = listener

@@ -7,7 +7,7 @@ swapped in whole, so a request in flight always sees one consistent snapshot.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +131,22 @@ class QueryParameterMatcher:
 
 
 @dataclass(frozen=True, slots=True)
+class MetadataMatcher:
+    """Envoy's metadata matcher on a request's dynamic metadata (what filters such as
+    header_to_metadata set before routing): the value under ``namespace`` at ``path``, matched
+    as a string (exact/prefix/suffix/regex) or for presence alone."""
+
+    namespace: str
+    path: tuple[str, ...]
+    exact: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    regex: str | None = None
+    present: bool = True
+    invert: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
     prefix: str | None = None
     path: str | None = None
@@ -139,6 +155,28 @@ class RouteMatch:
     case_sensitive: bool = True
     headers: tuple[HeaderMatcher, ...] = ()
     query_parameters: tuple[QueryParameterMatcher, ...] = ()
+    dynamic_metadata: tuple[MetadataMatcher, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFilter:
+    """One filter of a listener's chain (Envoy's http_filters entry): its name (what per-route
+    overrides refer to), the type that implements it (a registry key: Envoy's type URL without
+    its prefix, or a greenmesh/entry-point name) and its config as that type parsed it."""
+
+    name: str
+    kind: str
+    config: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOverride:
+    """A per-route filter setting (Envoy's typed_per_filter_config): the filter turned off, or
+    given a config of its own (of type ``kind``) on this route or virtual host."""
+
+    disabled: bool = False
+    kind: str = ""
+    config: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +275,8 @@ class Route:
     direct_response: DirectResponse | None = None
     redirect: Redirect | None = None
     headers: HeaderOps = HeaderOps()
+    # Per-filter settings by filter name (Envoy's typed_per_filter_config).
+    filter_overrides: tuple[tuple[str, FilterOverride], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +285,7 @@ class VirtualHost:
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
     headers: HeaderOps = HeaderOps()
+    filter_overrides: tuple[tuple[str, FilterOverride], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +293,7 @@ class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
     headers: HeaderOps = HeaderOps()
+    filter_overrides: tuple[tuple[str, FilterOverride], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +309,8 @@ class Listener:
     idle_timeout: float = 300.0
     access_log: bool = True
     tls: TlsServer | None = None
+    # The stream filters every request passes before the router (which is always last).
+    http_filters: tuple[HttpFilter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ import structlog
 
 from greenmesh.access_log import AccessLog
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
+from greenmesh.filters.chain import FilterChain, StreamFilters
 from greenmesh.mirror import send_mirror
 from greenmesh.retry import RetryState
 from greenmesh.router import CompiledRoute, RouteTable
@@ -25,6 +26,7 @@ from greenmesh.streams.base import (
     Chunk,
     ClientStream,
     DownstreamError,
+    FilterError,
     Headers,
     RequestHead,
     ResponseHead,
@@ -48,15 +50,17 @@ _monotonic: Final = time.monotonic
 _STATUS_CLASS: Final = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not formatted per request
 _OVERLOADED: Final = [(b"x-envoy-overloaded", b"true")]
 _UF: Final = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
+_IE: Final = ResponseFlag.INTERNAL_ERROR
 
 
 class _Exchange:
     """What one request did: the access log's fields, filled in as the proxy goes."""
 
     __slots__ = ("status", "flags", "upstream", "cluster", "bytes_in", "bytes_out",
-                 "body_done_at", "replay", "replay_ok", "error", "downstream_error", "route")
+                 "body_done_at", "replay", "replay_ok", "error", "downstream_error", "route",
+                 "filters", "body")
 
-    def __init__(self) -> None:
+    def __init__(self, stream: ServerStream, filters: StreamFilters | None) -> None:
         self.status = 0
         self.flags: list[ResponseFlag] = []
         self.upstream: str | None = None
@@ -69,10 +73,41 @@ class _Exchange:
         self.replay: list[bytes] = []
         self.replay_ok = True
         self.error = ""
+        self.filters = filters  # the stream's filters, when the listener has a chain
+        # Where the request body is read from: the stream, or its filters in front of it.
+        self.body: ServerStream | _Filtered = stream
 
 
 def _ignore(_: bytes) -> None:
     pass
+
+
+class _Filtered:
+    """A body source with filters in front: each chunk and the trailers pass through them (a
+    chunk a filter swallows whole is not forwarded: an empty HTTP/1.1 chunk would end it)."""
+
+    __slots__ = ("_read", "_src", "_chunk", "_trailers", "trailers")
+
+    def __init__(self, read: Callable[[bool], Chunk], src, on_chunk: Callable[[bytes], bytes],
+                 on_trailers: Callable[[Headers], Headers]):
+        self._read = read
+        self._src = src
+        self._chunk = on_chunk
+        self._trailers = on_trailers
+        self.trailers: Headers | None = None
+
+    def read(self, block: bool) -> Chunk:
+        while True:
+            chunk = self._read(block)
+            if chunk is None:
+                trailers = self._src.trailers
+                self.trailers = self._trailers(trailers) if trailers else trailers
+                return None
+            if not isinstance(chunk, bytes):
+                return chunk
+            chunk = self._chunk(chunk)
+            if chunk:
+                return chunk
 
 
 class _Relay:
@@ -192,8 +227,9 @@ class Proxy:
 
     def __init__(self, listener: str, routes: Callable[[], RouteTable | None],
                  clusters: ClusterManager, stats: Stats, *, access_log: AccessLog | None = None,
-                 tunnel_idle_timeout: float | None = 300.0):
+                 tunnel_idle_timeout: float | None = 300.0, filters: FilterChain | None = None):
         self.listener = listener
+        self._filters = filters
         self._routes = routes
         self._clusters = clusters
         self._stats = stats
@@ -203,7 +239,8 @@ class Proxy:
     def handle(self, stream: ServerStream) -> None:
         """Serves one stream; never raises (one bad request must not end the connection loop)."""
         start = _monotonic()
-        ex = _Exchange()
+        chain = self._filters
+        ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
         try:
             self._forward(stream, ex)
         except _Answer as a:
@@ -212,15 +249,26 @@ class Proxy:
             e = ex.downstream_error or e
             ex.error = str(e)
             if e.status and not stream.response_started:
-                self._local_reply(stream, ex, LocalReply(
-                    e.status, [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR], f"{e}\n".encode()))
+                if isinstance(e, FilterError):  # its text is the filter's, not the client's
+                    reply = LocalReply(e.status, [_IE], b"filter error\n")
+                else:
+                    reply = LocalReply(e.status, [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR],
+                                       f"{e}\n".encode())
+                self._local_reply(stream, ex, reply)
             else:
-                ex.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+                if not isinstance(e, FilterError):
+                    ex.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
                 stream.reset("downstream error")
         except Exception:  # a bug: log it, lose this request only
             log.exception("proxy_error", listener=self.listener)
-            ex.flags.append(ResponseFlag.INTERNAL_ERROR)
+            ex.flags.append(_IE)
             stream.reset("internal error")
+        metadata = None
+        if ex.filters is not None:
+            ex.filters.done()
+            ctx = ex.filters.ctx
+            ex.flags.extend(f for f in ctx.flags if f not in ex.flags)
+            metadata = ctx.metadata or None
         status = ex.status
         stats = self._stats
         stats.inc("downstream_rq_total")
@@ -230,13 +278,23 @@ class Proxy:
             self._access_log.log(self.listener, req.method, req.authority, req.path, status,
                                  render_flags(ex.flags), ex.bytes_in, ex.bytes_out,
                                  int((_monotonic() - start) * 1e6), ex.cluster,
-                                 ex.upstream, ex.error)
+                                 ex.upstream, ex.error, metadata)
 
     def _local_reply(self, stream: ServerStream, ex: _Exchange, reply: LocalReply) -> None:
-        ex.flags.extend(f for f in reply.flags if f not in ex.flags)
         if stream.response_started:
+            ex.flags.extend(f for f in reply.flags if f not in ex.flags)
             stream.reset(render_flags(reply.flags))
             return
+        if ex.filters is not None:
+            try:
+                reply = ex.filters.local_reply(reply)
+            except FilterError as e:  # a response hook failed on the way out
+                ex.error = str(e)
+                if not e.status:
+                    stream.reset("filter reset")
+                    return
+                reply = LocalReply(e.status, [_IE], b"filter error\n")
+        ex.flags.extend(f for f in reply.flags if f not in ex.flags)
         ex.status = reply.status
         try:
             ex.bytes_out = stream.send_local_reply(reply)
@@ -246,12 +304,31 @@ class Proxy:
     def _forward(self, stream: ServerStream, ex: _Exchange) -> None:
         head = stream.request
         ex.bytes_in += head.message_bytes
+        sf = ex.filters
+        if sf is not None:
+            reply = sf.before_route()
+            if reply is not None:
+                raise _Answer(reply)
         table = self._routes()
-        matched = table.match(head) if table is not None else None
+        matched = None
+        if table is not None:
+            matched = table.match(head, sf.ctx.metadata if sf is not None else None)
         if matched is None:
+            if sf is not None:
+                reply = sf.after_route(None, None)
+                if reply is not None:
+                    raise _Answer(reply)
             raise _answer(404, ResponseFlag.NO_ROUTE_FOUND, b"")
         ex.route = matched
         route = matched.route
+        name = matched.cluster_name(head) if route.route is not None else None
+        if sf is not None:
+            reply = sf.after_route(matched, name)
+            if reply is not None:
+                raise _Answer(reply)
+            if sf.active.wants_request_body and not stream.request_complete:
+                ex.body = _Filtered(stream.read_body, stream, sf.request_data,
+                                    sf.request_trailers)
         if route.direct_response is not None:
             dr = route.direct_response
             raise _answer(dr.status, None, dr.body.encode())
@@ -260,7 +337,6 @@ class Proxy:
                           [(b"location", matched.redirect_location(head))])
         action = route.route
         assert action is not None
-        name = matched.cluster_name(head)
         ex.cluster = name
         cluster = self._clusters.get(name) if name else None
         if cluster is None:
@@ -286,7 +362,7 @@ class Proxy:
         if action.request_mirror_policies and _replayable_body(stream, ex):
             for mirror in action.request_mirror_policies:
                 gevent.spawn(send_mirror, self._clusters.get(mirror), self._stats, mirror, head,
-                             list(ex.replay), stream.trailers, timeout)
+                             list(ex.replay), ex.body.trailers, timeout)
 
     @staticmethod
     def _give_up(retries: RetryState, answer: _Answer) -> _Answer:
@@ -311,6 +387,10 @@ class Proxy:
             ex.upstream = host.label
             if action.auto_host_rewrite:
                 head.authority = ex.upstream.encode()
+            if ex.filters is not None:
+                reply = ex.filters.after_host(host.label)
+                if reply is not None:
+                    raise _Answer(reply)
             try:
                 cs = host.pool.new_stream(timeout)
             except PoolOverflow:
@@ -365,10 +445,12 @@ class Proxy:
         elif attempt > 1:  # the whole body is in the replay buffer
             cs.send_headers(head, end_stream=False)
             replay = iter(ex.replay)
-            _Relay(lambda block: next(replay, None), stream, cs, _ignore).run(block=True)
+            _Relay(lambda block: next(replay, None), ex.body, cs, _ignore).run(block=True)
         else:
             cs.send_headers(head, end_stream=False)
-            relay = _Relay(stream.read_body, stream, cs, lambda chunk: self._keep(ex, chunk))
+            body = ex.body
+            read = body.read if isinstance(body, _Filtered) else stream.read_body
+            relay = _Relay(read, body, cs, lambda chunk: self._keep(ex, chunk))
             if relay.run(block=False):  # the whole body was already here
                 ex.body_done_at = _monotonic()
             else:
@@ -390,6 +472,9 @@ class Proxy:
                 raise _RetryStatus(resp.status)  # before anything of it reaches the client
             ex.status = resp.status
             self._respond(stream, cs, ex, resp, timeout)
+        except _Answer:  # a filter answers instead of the upstream: its response is dropped
+            cs.reset("local reply")
+            raise
         finally:
             if pump is not None:
                 pump.kill()
@@ -445,16 +530,11 @@ class Proxy:
         assert route is not None and route.route.route is not None
         out = resp
         if route.response_add or route.response_remove:
+            resp.load_headers()
             out = ResponseHead(resp.status, _apply_header_ops(resp.headers, route.response_add,
                                                               route.response_remove),
                                resp.reason, resp.native, resp.message_bytes)
         ex.bytes_out += resp.message_bytes
-        first = cs.read_body(None, block=False)
-        if first is None and not cs.trailers:
-            stream.send_headers(out, end_stream=True)
-            return
-        stream.send_headers(out, end_stream=False)
-
         idle = route.route.route.idle_timeout  # the matched route's action
 
         def read(block: bool) -> Chunk:
@@ -465,9 +545,25 @@ class Proxy:
                 wait = idle  # the route's idle timeout: no bytes for this long ends it
             return cs.read_body(wait)
 
+        src: ClientStream | _Filtered = cs
+        sf = ex.filters
+        if sf is not None:
+            reply = sf.response_headers(out)
+            if reply is not None:
+                raise _Answer(reply)
+            ex.status = out.status  # a filter may have changed it
+            if sf.active.wants_response_body:
+                src = _Filtered(read, cs, sf.response_data, sf.response_trailers)
+                read = src.read
+        first = read(False)
+        if first is None and not src.trailers:
+            stream.send_headers(out, end_stream=True)
+            return
+        stream.send_headers(out, end_stream=False)
+
         def count(chunk: bytes) -> None:
             ex.bytes_out += len(chunk)
-        relay = _Relay(read, cs, stream, count)
+        relay = _Relay(read, src, stream, count)
         if isinstance(first, bytes):
             count(first)
             relay.held = first

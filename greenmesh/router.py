@@ -20,7 +20,7 @@ from greenmesh.streams.base import RequestHead
 from greenmesh.upstream.lb import stable_hash
 
 
-class _HeaderCheck:
+class HeaderCheck:
     """One header matcher, compiled: Envoy's semantics (a missing header never matches a
     string matcher; ``invert`` flips the final answer)."""
 
@@ -71,6 +71,36 @@ class _QueryCheck:
         return value is not None and self.test(value)
 
 
+class _MetadataCheck:
+    """Envoy's metadata matcher on dynamic metadata: the value at namespace + path, as a
+    string (numbers and booleans as Envoy prints them), or its presence."""
+
+    __slots__ = ("namespace", "path", "test", "present", "invert")
+
+    def __init__(self, m: model.MetadataMatcher):
+        self.namespace = m.namespace
+        self.path = m.path
+        self.present = m.present
+        self.invert = m.invert
+        test = _string_test(m.exact, m.prefix, m.suffix, m.regex)
+        self.test = test
+
+    def matches(self, metadata: dict | None) -> bool:
+        value = (metadata or {}).get(self.namespace)
+        for key in self.path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if self.test is None:
+            result = (value is not None) == self.present
+        elif value is None or isinstance(value, dict):
+            result = False
+        else:
+            text = ("true" if value else "false") if isinstance(value, bool) else (
+                str(int(value)) if isinstance(value, float) and value.is_integer()
+                else str(value))
+            result = self.test(text.encode())
+        return result != self.invert
+
+
 def _query(path: bytes) -> dict[bytes, bytes]:
     q = path.find(b"?")
     if q < 0:
@@ -99,16 +129,28 @@ class CompiledRoute:
     """A route, compiled once: its path test, header and query checks, and the header
     operations of its route, virtual host and route config merged (route first, as Envoy)."""
 
-    __slots__ = ("route", "path_test", "headers", "queries", "request_add", "request_remove",
-                 "response_add", "response_remove", "_weighted", "_rewrite")
+    __slots__ = ("route", "path_test", "headers", "queries", "metadata", "request_add",
+                 "request_remove", "response_add", "response_remove", "filter_overrides",
+                 "filter_instances", "_weighted", "_rewrite")
 
-    def __init__(self, route: model.Route, *outer: model.HeaderOps):
+    def __init__(self, route: model.Route, vhost: model.VirtualHost | None = None,
+                 config: model.RouteConfig | None = None):
         self.route = route
         m = route.match
         self.path_test = self._path_test(m)
-        self.headers = tuple(_HeaderCheck(h) for h in m.headers)
+        self.headers = tuple(HeaderCheck(h) for h in m.headers)
         self.queries = tuple(_QueryCheck(q) for q in m.query_parameters)
+        self.metadata = tuple(_MetadataCheck(x) for x in m.dynamic_metadata)
+        outer = tuple(x.headers for x in (vhost, config) if x is not None)
         levels = (route.headers, *outer)
+        # Per-filter settings, the most specific level winning (route > virtual host > config).
+        overrides: dict[str, model.FilterOverride] = {}
+        for level in (config, vhost, route):
+            if level is not None:
+                overrides.update(level.filter_overrides)
+        self.filter_overrides = overrides
+        # Filters made from this route's own filter configs (filters.chain fills it).
+        self.filter_instances: dict[str, object] = {}
         self.request_add = tuple((o.key.encode(), o.value.encode(), o.append)
                                  for ops in levels for o in ops.request_add)
         self.request_remove = frozenset(n.encode() for ops in levels for n in ops.request_remove)
@@ -223,7 +265,7 @@ class CompiledRoute:
             return separated
         return lambda p: True  # headers or query parameters alone
 
-    def matches(self, head: RequestHead) -> bool:
+    def matches(self, head: RequestHead, metadata: dict | None) -> bool:
         if not self.path_test(head.path):
             return False
         for check in self.headers:
@@ -234,6 +276,9 @@ class CompiledRoute:
             for q in self.queries:
                 if not q.matches(query):
                     return False
+        for mc in self.metadata:
+            if not mc.matches(metadata):
+                return False
         return True
 
 
@@ -248,7 +293,7 @@ class RouteTable:
         prefixes: list[tuple[bytes, tuple[CompiledRoute, ...]]] = []
         self._default: tuple[CompiledRoute, ...] | None = None
         for vh in config.virtual_hosts:
-            routes = tuple(CompiledRoute(r, vh.headers, config.headers) for r in vh.routes)
+            routes = tuple(CompiledRoute(r, vh, config) for r in vh.routes)
             for domain in vh.domains:
                 d = domain.encode()
                 if d == b"*":
@@ -283,12 +328,13 @@ class RouteTable:
                 return routes
         return self._default
 
-    def match(self, head: RequestHead) -> CompiledRoute | None:
-        """The matching route (``.route`` is its config) with its header operations."""
+    def match(self, head: RequestHead, metadata: dict | None = None) -> CompiledRoute | None:
+        """The matching route (``.route`` is its config) with its header operations;
+        ``metadata``: the request's dynamic metadata, set by filters before routing."""
         routes = self._virtual_host(head.authority)
         if routes is None:
             return None
         for r in routes:
-            if r.matches(head):
+            if r.matches(head, metadata):
                 return r
         return None

@@ -19,8 +19,8 @@ def start_mesh(tmp_path):
     """Starts greenmesh with a config; at teardown checks it is still alive and stops cleanly."""
     started: list[Greenmesh] = []
 
-    def start(config: dict, log_level: str = "info") -> Greenmesh:
-        gm = Greenmesh(config, tmp_path / f"gm{len(started)}", log_level)
+    def start(config: dict, log_level: str = "info", env: dict | None = None) -> Greenmesh:
+        gm = Greenmesh(config, tmp_path / f"gm{len(started)}", log_level, env)
         started.append(gm)
         return gm
 

@@ -103,7 +103,8 @@ class Greenmesh:
     If one of its ports was taken between ``free_port()`` and its bind, it starts again on fresh
     ports, rewriting the addresses in ``config`` in place (tests read ports from it)."""
 
-    def __init__(self, config: dict, tmp: Path, log_level: str = "info"):
+    def __init__(self, config: dict, tmp: Path, log_level: str = "info",
+                 env: dict[str, str] | None = None):
         self.config = config
         self.stopped_by_test = False
         tmp.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ class Greenmesh:
             self.proc = subprocess.Popen([sys.executable, "-m", "greenmesh.cli", "--config",
                                           str(self.path), "--log-format", "json",
                                           "--log-level", log_level],
-                                         cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+                                         cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                         env=env)
             try:
                 for lst in config.get("listeners", []):
                     wait_port(int(lst["address"].rsplit(":", 1)[1]), self.proc)

@@ -4,7 +4,7 @@ converters xDS resources go through, then the cross-references between them."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -23,6 +23,9 @@ from greenmesh.config.reader import (
     text,
 )
 from greenmesh.config.routes import route_config
+
+if TYPE_CHECKING:
+    from greenmesh.filters.registry import FilterRegistry
 
 TOP_LEVEL = ("admin", "listeners", "route_configs", "clusters", "drain_timeout", "xds")
 
@@ -71,13 +74,16 @@ def _declared(value: Any) -> set[str]:
     return {v["name"] for v in value if isinstance(v, dict) and isinstance(v.get("name"), str)}
 
 
-def load_dict(data: Any, protocols: Iterable[str] | None = None) -> model.MeshConfig:
+def load_dict(data: Any, protocols: Iterable[str] | None = None,
+              filters: FilterRegistry | None = None) -> model.MeshConfig:
     """Builds a MeshConfig from parsed YAML, or raises ConfigError listing every problem.
-    ``protocols``: the names a listener or cluster may use (default: the built-in registry's)."""
+    ``protocols``: the names a listener or cluster may use (default: the built-in registry's);
+    ``filters``: the filter types a chain may use (default: those that ship, and entry points).
+    """
     if protocols is None:
         from greenmesh.streams import default_registry
         protocols = default_registry().names()
-    r = Reader(protocols)
+    r = Reader(protocols, filters=filters)
     if data is None:
         data = {}
     obj = r.mapping(data, "", TOP_LEVEL)
@@ -150,21 +156,22 @@ def _check_references(r: Reader, obj: dict, xds: model.Xds | None,
                                 f"unknown cluster {mirror!r}")
 
 
-def load_text(text_: str, source: str = "config",
-              protocols: Iterable[str] | None = None) -> model.MeshConfig:
+def load_text(text_: str, source: str = "config", protocols: Iterable[str] | None = None,
+              filters: FilterRegistry | None = None) -> model.MeshConfig:
     try:
         data = yaml.load(text_, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
-    return load_dict(data, protocols)
+    return load_dict(data, protocols, filters)
 
 
-def load_file(path: str, protocols: Iterable[str] | None = None) -> model.MeshConfig:
+def load_file(path: str, protocols: Iterable[str] | None = None,
+              filters: FilterRegistry | None = None) -> model.MeshConfig:
     try:
         with open(path, encoding="utf-8") as f:
             content = f.read()
     except OSError as e:
         raise ConfigError([f"{path}: {e.strerror}"]) from None
-    return load_text(content, path, protocols)
+    return load_text(content, path, protocols, filters)

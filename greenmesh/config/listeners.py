@@ -14,6 +14,7 @@ from typing import Any
 
 from greenmesh import model
 from greenmesh.config.clusters import socket_address
+from greenmesh.config.filters import http_filters
 from greenmesh.config.reader import (
     INVALID,
     Reader,
@@ -32,7 +33,6 @@ from greenmesh.config.routes import route_config
 from greenmesh.config.tls import downstream_tls, tls_server
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
-ROUTER = "envoy.filters.http.router"
 _INSPECTORS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
 _CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
 _OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log")
@@ -43,7 +43,7 @@ def listener(r: Reader, v: Any, path: str
     """The listener, and its inline route config if it has one (named after the listener
     unless it names itself)."""
     obj = r.mapping(v, path, ("name", "address", "filter_chains", "metadata", "stat_prefix",
-                              "listener_filters", "route_config", "tls", *_OWN),
+                              "listener_filters", "route_config", "tls", "http_filters", *_OWN),
                     refuse=("default_filter_chain",))
     if obj is None:
         return None
@@ -61,15 +61,17 @@ def listener(r: Reader, v: Any, path: str
     inline = None
     tls = None
     if obj.get("filter_chains") is not None:
-        for key in ("route_config", "tls"):
+        for key in ("route_config", "tls", "http_filters"):
             if obj.get(key) is not None:
-                r.error(join(path, key), "give filter_chains or route_config/tls, not both")
+                r.error(join(path, key),
+                        "give filter_chains or route_config/tls/http_filters, not both")
         chain = _filter_chain(r, obj, path, own, values)
         if chain is not None:
             inline, tls = chain
     else:
         values["route_config"] = r.field(obj, path, "route_config", string)
         tls = r.section(obj, path, "tls", tls_server)
+        values["http_filters"] = http_filters(r, obj, path)
     if "protocol" not in values:
         src, src_path = own.get("protocol", (obj, path))
         values["protocol"] = r.field(src, src_path, "protocol",
@@ -80,7 +82,8 @@ def listener(r: Reader, v: Any, path: str
             src, src_path = own.get(key, (obj, path))
             values[key] = r.field(src, src_path, key, convert,
                                   model_default(model.Listener, key))
-    if r.failed_since(mark) or name is None or address is None or tls is INVALID:
+    if r.failed_since(mark) or name is None or address is None or tls is INVALID or \
+            values.get("http_filters", ()) is None:
         return None
     if inline is not None and values["route_config"] is None:
         inline = model.RouteConfig(f"{name}-inline", inline.virtual_hosts, inline.headers)
@@ -128,10 +131,7 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
         r.error(join(src_path, "protocol"), f"contradicts {join(path, 'codec_type')}")
     elif "protocol" not in own and codec is not None:
         values["protocol"] = _CODECS[codec]
-    for p, f in r.items(hcm, path, "http_filters"):
-        if not isinstance(f, dict) or (f.get("name") != ROUTER and not str(
-                (f.get("typed_config") or {}).get("@type", "")).endswith(".Router")):
-            r.not_honoured(p, f"{(f or {}).get('name')!r}: not supported yet, skipped")
+    values["http_filters"] = http_filters(r, hcm, path)
     if hcm.get("max_request_headers_kb") is not None:
         values["max_request_headers_kb"] = r.field(hcm, path, "max_request_headers_kb", positive)
     if hcm.get("common_http_protocol_options") is not None:

@@ -14,9 +14,12 @@ import dataclasses
 import datetime
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from greenmesh import model
+
+if TYPE_CHECKING:
+    from greenmesh.filters.registry import FilterRegistry
 
 T = TypeVar("T")
 
@@ -50,9 +53,15 @@ def join(path: str, key: str) -> str:
 
 
 class Reader:
-    def __init__(self, protocols: Iterable[str], strict: bool = True) -> None:
+    def __init__(self, protocols: Iterable[str], strict: bool = True,
+                 filters: FilterRegistry | None = None) -> None:
         #: The protocol names the registry knows (a new codec needs no edit here).
         self.protocols = tuple(sorted(protocols))
+        #: The filter types a listener's chain may name (and their config parsers).
+        if filters is None:
+            from greenmesh.filters.registry import FilterRegistry
+            filters = FilterRegistry()
+        self.filters = filters
         self.strict = strict
         self.errors: list[str] = []
         self.warnings: list[str] = []

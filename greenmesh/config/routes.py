@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from greenmesh import model
+from greenmesh.config.filters import filter_overrides
 from greenmesh.config.reader import (
     INVALID,
     Invalid,
@@ -44,12 +45,13 @@ _PATH_MATCHES = ("prefix", "path", "safe_regex", "path_separated_prefix")
 def route_config(r: Reader, v: Any, path: str, name: str | None = None
                  ) -> model.RouteConfig | None:
     """A route configuration; ``name`` names an inline one (an HCM's ``route_config``)."""
-    obj = r.mapping(v, path, ("name", "virtual_hosts", *HEADER_OPS))
+    obj = r.mapping(v, path, ("name", "virtual_hosts", "typed_per_filter_config", *HEADER_OPS))
     if obj is None:
         return None
     mark = r.mark()
     name = r.field(obj, path, "name", string) if name is None else name
     ops = header_ops(r, obj, path)
+    overrides = filter_overrides(r, obj, path)
     pairs = r.items(obj, path, "virtual_hosts", required=r.strict)
     vhosts = [virtual_host(r, x, p) for p, x in pairs]
     if r.failed_since(mark) or name is None or ops is None:
@@ -63,7 +65,7 @@ def route_config(r: Reader, v: Any, path: str, name: str | None = None
                 r.error(f"{p}.domains[{i}]", f"domain {d!r} already used by virtual host {seen[d]!r}")
             seen[d] = vh.name if vh else ""
     return model.RouteConfig(name=name, virtual_hosts=tuple(vh for vh in vhosts if vh),
-                             headers=ops)
+                             headers=ops, filter_overrides=overrides or ())
 
 
 def _domain(value: Any) -> str:
@@ -75,12 +77,14 @@ def _domain(value: Any) -> str:
 
 
 def virtual_host(r: Reader, v: Any, path: str) -> model.VirtualHost | None:
-    obj = r.mapping(v, path, ("name", "domains", "routes", *HEADER_OPS))
+    obj = r.mapping(v, path, ("name", "domains", "routes", "typed_per_filter_config",
+                              *HEADER_OPS))
     if obj is None:
         return None
     mark = r.mark()
     name = r.field(obj, path, "name", string)
     ops = header_ops(r, obj, path)
+    overrides = filter_overrides(r, obj, path)
     domains = []
     for p, d in r.items(obj, path, "domains", required=True):
         try:
@@ -91,12 +95,14 @@ def virtual_host(r: Reader, v: Any, path: str) -> model.VirtualHost | None:
     if r.failed_since(mark) or name is None or ops is None:
         return None
     return model.VirtualHost(name=name, domains=tuple(domains),
-                             routes=tuple(x for x in routes if x), headers=ops)
+                             routes=tuple(x for x in routes if x), headers=ops,
+                             filter_overrides=overrides or ())
 
 
 def route(r: Reader, v: Any, path: str) -> model.Route | None:
     obj = r.mapping(v, path, ("name", "match", "route", "direct_response", "redirect",
-                              *HEADER_OPS), refuse=("filter_action", "non_forwarding_action"))
+                              "typed_per_filter_config", *HEADER_OPS),
+                    refuse=("filter_action", "non_forwarding_action"))
     if obj is None:
         return None
     mark = r.mark()
@@ -112,18 +118,20 @@ def route(r: Reader, v: Any, path: str) -> model.Route | None:
     redir = redirect(r, obj[kind], where) if kind == "redirect" else None
     name = r.field(obj, path, "name", text, "")
     ops = header_ops(r, obj, path)
+    overrides = filter_overrides(r, obj, path)
     if r.failed_since(mark) or m is None or name is None or ops is None or \
             (act, direct, redir) == (None, None, None):
         return None
     return model.Route(match=m, name=name, headers=ops, route=act, direct_response=direct,
-                       redirect=redir)
+                       redirect=redir, filter_overrides=overrides or ())
 
 
 def match(r: Reader, v: Any, path: str) -> model.RouteMatch | None:
     # A condition greenmesh cannot evaluate refuses the resource (misrouting is worse).
-    m = r.mapping(v, path, (*_PATH_MATCHES, "case_sensitive", "headers", "query_parameters"),
+    m = r.mapping(v, path, (*_PATH_MATCHES, "case_sensitive", "headers", "query_parameters",
+                            "dynamic_metadata"),
                   refuse=("connect_matcher", "path_match_policy", "runtime_fraction", "cookies",
-                          "grpc", "tls_context", "dynamic_metadata", "filter_state"))
+                          "grpc", "tls_context", "filter_state"))
     if m is None:
         return None
     mark = r.mark()
@@ -134,10 +142,11 @@ def match(r: Reader, v: Any, path: str) -> model.RouteMatch | None:
     case = r.field(m, path, "case_sensitive", boolean, True)
     headers = [header_matcher(r, h, p) for p, h in r.items(m, path, "headers")]
     queries = [query_matcher(r, q, p) for p, q in r.items(m, path, "query_parameters")]
+    meta = [metadata_matcher(r, x, p) for p, x in r.items(m, path, "dynamic_metadata")]
     given = [k for k in _PATH_MATCHES if m.get(k) is not None]
     if len(given) > 1:
         r.error(path, "expected at most one of prefix, path, safe_regex, path_separated_prefix")
-    elif not given and not headers and not queries and "prefix" not in m:
+    elif not given and not headers and not queries and not meta and "prefix" not in m:
         r.error(path, "expected one of prefix, path, safe_regex, path_separated_prefix, "
                       "or headers")
     if separated is not None and separated.endswith("/") and separated != "/":
@@ -147,7 +156,8 @@ def match(r: Reader, v: Any, path: str) -> model.RouteMatch | None:
     return model.RouteMatch(prefix=prefix, path=exact, safe_regex=rx,
                             path_separated_prefix=separated, case_sensitive=bool(case),
                             headers=tuple(h for h in headers if h),
-                            query_parameters=tuple(q for q in queries if q))
+                            query_parameters=tuple(q for q in queries if q),
+                            dynamic_metadata=tuple(x for x in meta if x))
 
 
 def _string_match(r: Reader, obj: dict, path: str) -> dict[str, str] | None:
@@ -187,6 +197,39 @@ def header_matcher(r: Reader, v: Any, path: str) -> model.HeaderMatcher | None:
                                prefix=kinds.get("prefix"), suffix=kinds.get("suffix"),
                                regex=kinds.get("safe_regex"), present=bool(present),
                                invert=bool(invert))
+
+
+def metadata_matcher(r: Reader, v: Any, path: str) -> model.MetadataMatcher | None:
+    """Envoy's MetadataMatcher: ``filter`` (the namespace), ``path`` (a list of ``key``s) and a
+    ``value`` matcher (``string_match`` or ``present_match``)."""
+    obj = r.mapping(v, path, ("filter", "path", "value", "invert"))
+    if obj is None:
+        return None
+    mark = r.mark()
+    ns = r.field(obj, path, "filter", string)
+    keys = []
+    for p, seg in r.items(obj, path, "path", required=True):
+        so = r.mapping(seg, p, ("key",))
+        key = r.field(so, p, "key", string) if so is not None else None
+        if key is not None:
+            keys.append(key)
+    invert = r.field(obj, path, "invert", boolean, False)
+    vpath = join(path, "value")
+    value = r.mapping(obj.get("value"), vpath, ("string_match", "present_match"),
+                      refuse=("null_match", "double_match", "bool_match", "list_match",
+                              "or_match"))
+    if value is None:
+        return None
+    present = r.field(value, vpath, "present_match", boolean, True)
+    kinds = _string_match(r, value, vpath) if value.get("string_match") is not None else {}
+    if value.get("string_match") is None and value.get("present_match") is None:
+        r.error(vpath, "expected string_match or present_match")
+    if r.failed_since(mark) or ns is None or kinds is None:
+        return None
+    return model.MetadataMatcher(ns, tuple(keys), exact=kinds.get("exact"),
+                                 prefix=kinds.get("prefix"), suffix=kinds.get("suffix"),
+                                 regex=kinds.get("safe_regex"), present=bool(present),
+                                 invert=bool(invert))
 
 
 def query_matcher(r: Reader, v: Any, path: str) -> model.QueryParameterMatcher | None:

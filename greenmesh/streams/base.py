@@ -21,7 +21,7 @@ from typing import Final, Union
 from mypy_extensions import trait
 
 from greenmesh.conn import Conn, ConnError, ConnTimeout
-from greenmesh.failures import LocalReply, ResetReason
+from greenmesh.failures import LocalReply, ResetReason, ResponseFlag
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -88,6 +88,16 @@ class DownstreamError(StreamError):
         self.status = status
 
 
+class FilterError(DownstreamError):
+    """A stream filter failed (it raised) or ended the stream (``ResetStream``): the proxy
+    answers ``status`` (500) with ``flag`` if it still can, else resets the stream. Defined here,
+    beside its base, so that compiled and interpreted code share one class."""
+
+    def __init__(self, message: str, status: int = 0, flag: ResponseFlag | None = None):
+        super().__init__(message, status)
+        self.flag = flag
+
+
 class RequestHead:
     """For RPC protocols: method = the RPC method, path = the service, authority = the target
     application, headers = the protocol's header map."""
@@ -119,6 +129,18 @@ class RequestHead:
                 return v
         return default
 
+    # Edits assign a new list: an RPC codec forwards a frame as it came unless its header map
+    # was replaced, so a list edited in place would go unseen.
+    def set(self, name: bytes, value: bytes) -> None:
+        """Sets a header, replacing every value it had."""
+        self.headers = [(k, v) for k, v in self.headers if k != name] + [(name, value)]
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.headers = [*self.headers, (name, value)]
+
+    def remove(self, name: bytes) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k != name]
+
 
 class ResponseHead:
     """``status`` is HTTP's (RPC codecs map theirs onto it, for the proxy and the logs). Client
@@ -134,6 +156,26 @@ class ResponseHead:
         self.reason = reason
         self.native = native
         self.message_bytes = message_bytes  # as RequestHead's
+
+    def load_headers(self) -> None:
+        """Decodes what a codec left undecoded (an RPC frame's header map: most responses are
+        forwarded as they came), before the proxy or a filter reads or edits ``headers``."""
+
+    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return default
+
+    def set(self, name: bytes, value: bytes) -> None:
+        """Sets a header, replacing every value it had (a new list, as RequestHead.set)."""
+        self.headers = [(k, v) for k, v in self.headers if k != name] + [(name, value)]
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.headers = [*self.headers, (name, value)]
+
+    def remove(self, name: bytes) -> None:
+        self.headers = [(k, v) for k, v in self.headers if k != name]
 
 
 @trait

@@ -217,7 +217,7 @@ class XdsClient:
                  ) -> list[tuple[str, Any]]:
         """(name, model) of every resource, decoded and converted with the config converters;
         raises ResourceError with every problem found, after logging what is not honoured."""
-        r = Reader(self.mesh.registry.names(), strict=False)
+        r = Reader(self.mesh.registry.names(), strict=False, filters=self.mesh.filters)
         kind = KINDS[type_url]
         out = []
         for i, a in enumerate(resources):

@@ -8,6 +8,7 @@ greenmesh does not know) is the control plane's problem, reported as one in the 
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -38,6 +39,13 @@ def load_message_types() -> None:
     from envoy_data_plane.envoy.config.endpoint import v3 as _endpoint  # noqa: F401
     from envoy_data_plane.envoy.config.listener import v3 as _listener  # noqa: F401
     from envoy_data_plane.envoy.config.route import v3 as _route  # noqa: F401
+    from envoy_data_plane.envoy.extensions.filters.http.fault import v3 as _fault  # noqa: F401
+    from envoy_data_plane.envoy.extensions.filters.http.header_to_metadata import (  # noqa: F401
+        v3 as _h2m,
+    )
+    from envoy_data_plane.envoy.extensions.filters.http.local_ratelimit import (  # noqa: F401
+        v3 as _rl,
+    )
     from envoy_data_plane.envoy.extensions.filters.http.router import v3 as _router  # noqa: F401
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager import (  # noqa: F401,E501
         v3 as _hcm,
@@ -45,14 +53,41 @@ def load_message_types() -> None:
     from envoy_data_plane.envoy.extensions.transport_sockets.tls import v3 as _tls  # noqa: F401
     from envoy_data_plane.envoy.extensions.upstreams.http import v3 as _http  # noqa: F401
 
+    from greenmesh.xds import typed_struct  # noqa: F401
+
+
+_UNREGISTERED = "Can't unpack unregistered type: type.googleapis.com/"
+
+
+def _load_type_of(error: str) -> bool:
+    """Imports the envoy-data-plane module of a type an ``Any`` named but nothing had loaded
+    (a filter greenmesh does not run may still come, ``is_optional``); True if it did."""
+    at = error.find(_UNREGISTERED)
+    if at < 0:
+        return False
+    name = error[at + len(_UNREGISTERED):].split()[0].strip("'\".,")
+    package = name.rpartition(".")[0]
+    if not package.replace(".", "").replace("_", "").isalnum():
+        return False
+    try:
+        importlib.import_module(f"envoy_data_plane.{package}")
+    except ImportError:
+        return False
+    return True
+
 
 def decode(resource: Any) -> dict[str, Any]:
     """A resource (an ``Any``) in Envoy's JSON form."""
-    try:
-        message = resource.unpack()
-    except Exception as e:  # bad bytes or an unknown type: what the control plane sent
-        raise DecodeError(f"does not decode as {resource.type_url}: {e}") from None
-    return json_form(message)
+    for _ in range(8):  # each round may import the module of one more type it names
+        try:
+            return json_form(resource.unpack())
+        except DecodeError as e:
+            if not _load_type_of(str(e)):
+                raise
+        except Exception as e:  # bad bytes or an unknown type: what the control plane sent
+            if not _load_type_of(str(e)):
+                raise DecodeError(f"does not decode as {resource.type_url}: {e}") from None
+    raise DecodeError(f"does not decode as {resource.type_url}: too many unknown types")
 
 
 def _proto_name(field: str) -> str:

@@ -56,10 +56,13 @@ _FLAG_STATUS: Final = {
     ResponseFlag.UPSTREAM_CONNECTION_TERMINATION: ERROR_COMM,
     ResponseFlag.UPSTREAM_PROTOCOL_ERROR: ERROR_COMM,
     ResponseFlag.INTERNAL_ERROR: SERVER_EXCEPTION,
+    ResponseFlag.RATE_LIMITED: SERVER_BUSY,
 }
 _HTTP_STATUS: Final = {SUCCESS: 200, SERVER_BUSY: 503, TIMEOUT: 504, NO_PROCESSOR: 404,
                        CONNECTION_CLOSED: 502, ERROR_COMM: 502}
-_STATUS_FROM_HTTP: Final = {200: SUCCESS, 404: NO_PROCESSOR, 503: SERVER_BUSY, 504: TIMEOUT}
+_STATUS_FROM_HTTP: Final = {200: SUCCESS, 404: NO_PROCESSOR, 429: SERVER_BUSY,
+                             500: SERVER_EXCEPTION, 502: ERROR_COMM, 503: SERVER_BUSY,
+                             504: TIMEOUT}
 
 
 class BoltFrame(XFrame):
@@ -210,8 +213,11 @@ class BoltCodec(XCodec[BoltFrame]):
     def error_response(self, request_id: int, flag: ResponseFlag | None, status: int,
                        request: BoltFrame | None = None) -> bytes:
         codec = request.codec if request is not None else HESSIAN2
-        code = (_FLAG_STATUS.get(flag, UNKNOWN) if flag is not None
-                else _STATUS_FROM_HTTP.get(status, UNKNOWN))
+        # The flag says why when it has a bolt status of its own; else the HTTP status does
+        # (a fault filter's abort, a filter's own reply).
+        code = _FLAG_STATUS.get(flag, -1) if flag is not None else -1
+        if code < 0:
+            code = _STATUS_FROM_HTTP.get(status, UNKNOWN)
         return RESPONSE.pack(PROTO_V1, TYPE_RESPONSE, CMD_RESPONSE, 1, request_id, codec, code,
                              0, 0, 0)
 

@@ -176,24 +176,20 @@ class _WholeFrames:
 
 
 class _FrameResponseHead(ResponseHead):
-    """A response frame's head whose header map is decoded only if someone reads it (a route
-    that edits response headers); unread, the frame is forwarded as it came."""
+    """A response frame's head whose header map is decoded only when the proxy asks
+    (``load_headers``: a route or a filter edits response headers); unless a new map was
+    assigned since, the frame is forwarded as it came. (No property over ``headers``: compiled
+    code would bypass it.)"""
 
-    __slots__ = ("_headers",)
+    __slots__ = ("original",)
 
     def __init__(self, status: int, frame: XFrame):
-        self._headers: Headers | None = None
         super().__init__(status, [], b"", frame, len(frame.raw))
+        self.original = self.headers  # replaced (not edited in place) means edited
 
-    @property
-    def headers(self) -> Headers:
-        if self._headers is None:
-            self._headers = self.native.headers  # type: ignore[attr-defined]
-        return self._headers
-
-    @headers.setter
-    def headers(self, value: Headers) -> None:
-        pass  # set by ResponseHead.__init__ only: the frame's own map is read lazily
+    def load_headers(self) -> None:
+        if self.headers is self.original and not self.headers:
+            self.headers = self.original = self.native.headers  # type: ignore[attr-defined]
 
 
 class XServerStream(_WholeFrames, ServerStream):
@@ -224,7 +220,8 @@ class XServerStream(_WholeFrames, ServerStream):
         if isinstance(native, XFrame) and not native.is_request and \
                 type(native) is type(self.frame):
             # Back under the client's own id; re-encoded only if a route edited its headers.
-            headers = None if isinstance(head, _FrameResponseHead) else head.headers
+            headers = None if isinstance(head, _FrameResponseHead) and \
+                head.headers is head.original else head.headers
             self._send(lambda codec, frame: codec.encode(native, frame.request_id, headers))
         else:  # not a response of this protocol: its status is all there is to say
             self._send(lambda codec, frame: codec.error_response(frame.request_id, None,
