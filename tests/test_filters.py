@@ -396,3 +396,55 @@ def test_readme_filter_example_runs(tmp_path, upstream, start_mesh, monkeypatch)
     assert http_get(gm.port(), "/").status == 400
     resp = http_get(gm.port(), "/echo", {"x-tenant": "acme"})
     assert resp.status == 200 and b'"x-tenant-checked": "acme"' in resp.body
+
+
+H2M = {"name": "envoy.filters.http.header_to_metadata", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+    "request_rules": [{"header": "x-tenant", "on_header_present": {
+        "metadata_namespace": "tenant", "key": "tier"}}]}}
+GOLD_ONLY = {"dynamic_metadata": [{"filter": "tenant", "path": [{"key": "tier"}],
+                                   "value": {"string_match": {"exact": "gold"}}}]}
+
+
+def test_the_shipped_filters_over_http2_and_grpc(upstream, start_mesh):
+    import grpc
+    routes = [{"match": {"prefix": "/gold", **GOLD_ONLY}, "route": {"cluster": "backend"}},
+              {"match": {"prefix": "/gold"}, "direct_response": {"status": 403}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}]
+    filters = [H2M, {"name": "ratelimit", "typed_config": ratelimit(3)},
+               fault(abort={"header_abort": {}, "percentage": {"numerator": 100}})]
+    gm = start_mesh(with_filters([upstream.address], filters, routes,
+                                 listener={"protocol": "http2"}))
+    c = H2Client(gm.port())
+    gold = c.request("GET", "/gold", headers=[("x-tenant", "gold")])
+    silver = c.request("GET", "/gold", headers=[("x-tenant", "silver")])
+    aborted = c.request("GET", "/", headers=[("x-envoy-fault-abort-request", "502")])
+    c.pump(lambda: c.done(gold, silver, aborted))
+    assert [c.responses[s].status for s in (gold, silver, aborted)] == [200, 403, 502]
+    limited = c.request("GET", "/")  # the fourth: the bucket held three
+    c.pump(lambda: c.done(limited))
+    assert c.responses[limited].status == 429
+    assert (b"x-envoy-ratelimited", b"true") in c.responses[limited].headers
+    c.close()
+    # A gRPC client is told as gRPC says errors: UNAVAILABLE with the filter's text.
+    with grpc.insecure_channel(f"127.0.0.1:{gm.port()}") as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            channel.unary_unary("/pkg.Svc/Call")(b"x", timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details() == "local_rate_limited"
+
+
+def test_header_to_metadata_over_bolt(start_mesh):
+    up = BoltServer()
+    cfg = bolt_cfg(up.address, [H2M])
+    only_gold = cfg["route_configs"][0]["virtual_hosts"][0]["routes"][0]["match"]
+    only_gold.update(GOLD_ONLY)
+    gm = start_mesh(cfg)
+    c = BoltClient(gm.port())
+    c.send(request(1, b"a", extra={"x-tenant": "gold"}) + request(2, b"b"))
+    got = {f["id"]: f["status"] for f in c.receive(2)}
+    assert got == {1: 0, 2: 6}  # no tenant: no route (no processor)
+    c.close()
+    assert [e["metadata"] for e in gm.access(2) if "metadata" in e] == [
+        {"tenant": {"tier": "gold"}}]
+    up.stop()

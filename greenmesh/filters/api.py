@@ -38,7 +38,7 @@ class FilterContext:
     __slots__ = ("listener", "request", "route", "cluster", "host", "response", "metadata",
                  "state", "flags", "stats", "_prefix")
 
-    def __init__(self, listener: str, request: RequestHead, stats: Stats):
+    def __init__(self, listener: str, request: RequestHead, stats: Stats, prefix: str = ""):
         self.listener = listener
         self.request = request
         self.route: Any = None  # the matched model.Route, from after_route on (None: no route)
@@ -50,7 +50,7 @@ class FilterContext:
         # Response flags a filter adds for the access log (the fault filter's DI).
         self.flags: list[ResponseFlag] = []
         self.stats = stats
-        self._prefix = f"http.{listener}."
+        self._prefix = prefix or f"http.{listener}."
 
     def reply(self, status: int, body: bytes | str = b"",
               headers: Headers | None = None, flag: ResponseFlag | None = None) -> LocalReply:

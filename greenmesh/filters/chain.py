@@ -87,7 +87,7 @@ class StreamFilters:
             raise FilterError(f"filter {name} failed: {type(e).__name__}: {e}", 500,
                               ResponseFlag.INTERNAL_ERROR) from None
 
-    def _heads(self, phase: tuple[tuple[str, Filter], ...], hook: str) -> LocalReply | None:
+    def _heads(self, phase: Phase, hook: str) -> LocalReply | None:
         for name, f in phase:
             reply = self._call(name, getattr(f, hook))
             if reply is not None:
@@ -95,7 +95,8 @@ class StreamFilters:
         return None
 
     def before_route(self) -> LocalReply | None:
-        return self._heads(self.active.before_route, "before_route")
+        phase = self.active.before_route
+        return self._heads(phase, "before_route") if phase else None
 
     def after_route(self, route: Any, cluster: str | None) -> LocalReply | None:
         """``route``: the compiled route (None if none matched)."""
@@ -104,11 +105,13 @@ class StreamFilters:
         ctx.cluster = cluster
         if route is not None:
             self.active = self.chain.for_route(route)
-        return self._heads(self.active.after_route, "after_route")
+        phase = self.active.after_route
+        return self._heads(phase, "after_route") if phase else None
 
     def after_host(self, host: str) -> LocalReply | None:
         self.ctx.host = host
-        return self._heads(self.active.after_host, "after_host")
+        phase = self.active.after_host
+        return self._heads(phase, "after_host") if phase else None
 
     def request_data(self, chunk: bytes) -> bytes:
         for name, f in self.active.request_data:
@@ -170,13 +173,15 @@ class FilterChain:
                  registry: FilterRegistry, stats: Stats):
         self.listener = listener
         self.stats = stats
+        self._prefix = f"http.{listener}."  # the listener's counters (Envoy's HCM stat prefix)
         self._registry = registry
         self._filters = [(f.name, registry.create(f.kind, f.config)) for f in filters]
         self.listener_filters = Active(self._filters)
         self._routes: dict[Any, Active] = {}
 
     def start(self, request: RequestHead) -> StreamFilters:
-        return StreamFilters(self, FilterContext(self.listener, request, self.stats))
+        return StreamFilters(self, FilterContext(self.listener, request, self.stats,
+                                                 self._prefix))
 
     def for_route(self, route: Any) -> Active:
         """The filters that apply on a compiled route (its overrides merged route > virtual

@@ -91,8 +91,31 @@ def local_reply_headers(body: bytes, content_type: bytes = b"text/plain") -> Hea
     return [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
 
 
+# Envoy's Grpc::Utility::httpToGrpcStatus: what a gRPC client is told for greenmesh's own HTTP
+# status (anything else: UNKNOWN).
+_GRPC_STATUS: Final = {400: b"13", 401: b"16", 403: b"7", 404: b"12", 429: b"14", 502: b"14",
+                       503: b"14", 504: b"14"}
+_GRPC_MESSAGE_SAFE: Final = frozenset(range(0x20, 0x7F)) - {ord("%")}
+
+
+def _grpc_message(body: bytes) -> bytes:
+    """gRPC's percent-encoding of grpc-message (printable ASCII but ``%`` as is)."""
+    text = body.strip()
+    return b"".join(bytes((c,)) if c in _GRPC_MESSAGE_SAFE else b"%%%02X" % c for c in text)
+
+
 def send_http_local_reply(stream: ServerStream, reply: LocalReply) -> int:
-    """An HTTP server stream's local reply: the status, a text body and its length."""
+    """An HTTP server stream's local reply: the status, a text body and its length. A gRPC
+    request gets it as gRPC says errors (Envoy's local reply for gRPC): HTTP 200, trailers-only,
+    grpc-status mapped from the status and the body as grpc-message."""
+    ctype = stream.request.get(b"content-type")
+    if ctype is not None and ctype.startswith(b"application/grpc"):
+        head = ResponseHead(200, [(b"content-type", b"application/grpc"),
+                                  (b"grpc-status", _GRPC_STATUS.get(reply.status, b"2")),
+                                  (b"grpc-message", _grpc_message(reply.body)),
+                                  *reply.headers], b"OK")
+        stream.send_headers(head, end_stream=True)
+        return 0
     body = reply.body if stream.request.method != b"HEAD" else b""
     head = ResponseHead(reply.status, local_reply_headers(reply.body) + list(reply.headers),
                         REASONS.get(reply.status, b""))
