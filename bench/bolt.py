@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,11 +27,10 @@ from common import (
     Target,
     free_port,
     greenmesh,
+    measure,
     mosn,
     pinned,
     print_table,
-    run_rounds,
-    stop_all,
     wait_port,
 )
 
@@ -96,13 +94,7 @@ def main() -> None:
         Target(n, ports[n], started[n].pid, load) for n in order if n in started]
     if args.only:
         targets = [t for t in targets if t.name in args.only]
-    try:
-        for t in targets:
-            wait_port(t.port)
-        rows = run_rounds(targets, args.rounds, args.seconds)
-    finally:
-        stop_all(procs)
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = measure(targets, procs, tmp, args.rounds, args.seconds)
     print_table(f"bolt, {args.connections} connections x {args.in_flight} in flight, "
                 f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved rounds; "
                 "proxies pinned to core 1, the load generator to core 0", rows,

@@ -221,6 +221,19 @@ class Row:
     errors: list[str] = field(default_factory=list)
 
 
+def measure(targets: list[Target], procs: list[subprocess.Popen], tmp: Path, rounds: int,
+            seconds: int) -> dict[str, Row]:
+    """Waits for every target, runs the rounds, then stops what was started and removes
+    ``tmp`` whatever happened."""
+    try:
+        for t in targets:
+            wait_port(t.port)
+        return run_rounds(targets, rounds, seconds)
+    finally:
+        stop_all(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_rounds(targets: list[Target], rounds: int, seconds: int) -> dict[str, Row]:
     """Interleaved rounds (target after target, then again), a 1 s warm-up before each, medians
     per target; the proxy's CPU is read around the measured run only."""

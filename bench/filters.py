@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,10 @@ from common import (
     Target,
     free_port,
     greenmesh,
+    measure,
     one_route_config,
     pinned,
     print_table,
-    run_rounds,
-    stop_all,
     wait_port,
 )
 from http1 import BODY, wrk
@@ -81,13 +79,7 @@ def main() -> None:
     def load(port: int, seconds: int) -> dict:
         return wrk(port, seconds, args.connections)
     targets = [Target(n, ports[n], p.pid, load) for n, p in started.items()]
-    try:
-        for t in targets:
-            wait_port(t.port)
-        rows = run_rounds(targets, args.rounds, args.seconds)
-    finally:
-        stop_all(procs)
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = measure(targets, procs, tmp, args.rounds, args.seconds)
     print_table(f"Filter cost, HTTP/1.1 keep-alive, wrk -t1 -c{args.connections}, {args.seconds} s "
                 f"after a 1 s warm-up, median of {args.rounds} interleaved rounds; greenmesh "
                 "pinned to core 1, wrk to core 0", rows,

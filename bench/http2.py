@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,12 +27,11 @@ from common import (
     free_port,
     greenmesh,
     haproxy,
+    measure,
     mosn,
     one_route_config,
     pinned,
     print_table,
-    run_rounds,
-    stop_all,
     wait_port,
     which,
 )
@@ -113,13 +111,7 @@ def main() -> None:
                 for n in order if n in started]
     if args.only:
         targets = [t for t in targets if t.name in args.only]
-    try:
-        for t in targets:
-            wait_port(t.port)
-        rows = run_rounds(targets, args.rounds, args.seconds)
-    finally:
-        stop_all(procs)
-        shutil.rmtree(tmp, ignore_errors=True)
+    rows = measure(targets, procs, tmp, args.rounds, args.seconds)
     print_table(f"HTTP/2 h2c, h2load -c{args.clients} -m{args.streams} (http1->h2c: --h1 -c50), "
                 f"{args.seconds} s after a 1 s warm-up, median of {args.rounds} interleaved "
                 "rounds; proxies pinned to core 1, h2load to core 0", rows,

@@ -314,6 +314,7 @@ def test_a_filter_from_an_installed_package_via_its_entry_point(tmp_path, upstre
 def test_filter_config_from_the_control_plane(start_mesh, upstream):
     from envoy_data_plane.envoy.config.listener.v3 import Filter as NetworkFilter
     from envoy_data_plane.envoy.config.listener.v3 import FilterChain, Listener
+    from envoy_data_plane.envoy.config.route.v3 import FilterConfig
     from envoy_data_plane.envoy.extensions.filters.http.fault.v3 import FaultAbort, HttpFault
     from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
     from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -354,6 +355,14 @@ def test_filter_config_from_the_control_plane(start_mesh, upstream):
                          HttpFilter(name="fault", typed_config=Any.pack(abort)))])
         assert until(lambda: _status(port, {"x-deny": "1"}) == 403)
         assert _status(port) == 418
+        # RDS: a route turns the fault off (Envoy's FilterConfig in typed_per_filter_config).
+        rc = route_config("r1", "dyn")
+        rc.virtual_hosts[0].routes[0].typed_per_filter_config = {
+            "fault": Any.pack(FilterConfig(disabled=True))}
+        cp.set(RDS, [rc])
+        assert until(lambda: _status(port) == 200)
+        cp.set(RDS, [route_config("r1", "dyn")])
+        assert until(lambda: _status(port) == 418)
         # A type greenmesh has no filter for: NACKed when required, skipped when optional.
         cors = Any(type_url="type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors",
                    value=b"")

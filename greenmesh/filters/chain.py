@@ -87,9 +87,10 @@ class StreamFilters:
             raise FilterError(f"filter {name} failed: {type(e).__name__}: {e}", 500,
                               ResponseFlag.INTERNAL_ERROR) from None
 
-    def _heads(self, phase: Phase, hook: str) -> LocalReply | None:
+    def _heads(self, phase: Phase, hook: str, *args: Any) -> LocalReply | None:
+        """Each filter of a phase in turn, until one answers."""
         for name, f in phase:
-            reply = self._call(name, getattr(f, hook))
+            reply = self._call(name, getattr(f, hook), *args)
             if reply is not None:
                 return reply
         return None
@@ -113,24 +114,23 @@ class StreamFilters:
         phase = self.active.after_host
         return self._heads(phase, "after_host") if phase else None
 
+    def _through(self, phase: Phase, hook: str, value: Any) -> Any:
+        """A body chunk or trailers, passed through each filter of a phase in turn."""
+        for name, f in phase:
+            value = self._call(name, getattr(f, hook), value)
+        return value
+
     def request_data(self, chunk: bytes) -> bytes:
-        for name, f in self.active.request_data:
-            chunk = self._call(name, f.request_data, chunk)
-        return chunk
+        return self._through(self.active.request_data, "request_data", chunk)
 
     def request_trailers(self, trailers: Headers) -> Headers:
-        for name, f in self.active.request_trailers:
-            trailers = self._call(name, f.request_trailers, trailers)
-        return trailers
+        return self._through(self.active.request_trailers, "request_trailers", trailers)
 
     def response_headers(self, head: ResponseHead) -> LocalReply | None:
         head.load_headers()
         self.ctx.response = head
-        for name, f in self.active.response_headers:
-            reply = self._call(name, f.response_headers, head)
-            if reply is not None:
-                return reply
-        return None
+        phase = self.active.response_headers
+        return self._heads(phase, "response_headers", head) if phase else None
 
     def local_reply(self, reply: LocalReply) -> LocalReply:
         """A local reply on its way out passes the response-head hooks too (as Envoy's encoder
@@ -146,14 +146,10 @@ class StreamFilters:
         return reply
 
     def response_data(self, chunk: bytes) -> bytes:
-        for name, f in self.active.response_data:
-            chunk = self._call(name, f.response_data, chunk)
-        return chunk
+        return self._through(self.active.response_data, "response_data", chunk)
 
     def response_trailers(self, trailers: Headers) -> Headers:
-        for name, f in self.active.response_trailers:
-            trailers = self._call(name, f.response_trailers, trailers)
-        return trailers
+        return self._through(self.active.response_trailers, "response_trailers", trailers)
 
     def done(self) -> None:
         for name, f in self.active.done:

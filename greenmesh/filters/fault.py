@@ -42,6 +42,28 @@ class FaultConfig:
     abort_denominator: int = 100
 
 
+_FIELDS = {"delay": ("delay", "delay_fraction", "delay_denominator"),
+           "abort": ("abort_status", "abort_fraction", "abort_denominator")}
+
+
+def _fault_kind(r: Reader, obj: dict, path: str, key: str, fixed: tuple[str, Any],
+                header: str, values: dict[str, Any]) -> None:
+    """A FaultDelay or FaultAbort: a fixed value or one from a header, and the share."""
+    if obj.get(key) is None:
+        return
+    p = join(path, key)
+    o = r.mapping(obj[key], p, (fixed[0], header, "percentage"), refuse=("grpc_status",))
+    if o is None:
+        return
+    if (o.get(fixed[0]) is None) == (o.get(header) is None):
+        r.error(p, f"expected one of {fixed[0]}, {header}")
+    value, fraction, denominator = _FIELDS[key]
+    values[value] = r.field(o, p, fixed[0], fixed[1], None)
+    values[header] = o.get(header) is not None
+    values[fraction] = fractional_percent(r, o, p, "percentage")
+    values[denominator] = _denominator(o, "percentage")
+
+
 def _denominator(obj: dict, key: str) -> int:
     fp = obj.get(key)
     den = fp.get("denominator", "HUNDRED") if isinstance(fp, dict) else "HUNDRED"
@@ -68,27 +90,8 @@ class FaultFilter(Filter):
             return None
         mark = r.mark()
         values: dict[str, Any] = {}
-        if obj.get("delay") is not None:
-            p = join(path, "delay")
-            d = r.mapping(obj["delay"], p, ("fixed_delay", "header_delay", "percentage"))
-            if d is not None:
-                if (d.get("fixed_delay") is None) == (d.get("header_delay") is None):
-                    r.error(p, "expected one of fixed_delay, header_delay")
-                values["delay"] = r.field(d, p, "fixed_delay", duration, None)
-                values["header_delay"] = d.get("header_delay") is not None
-                values["delay_fraction"] = fractional_percent(r, d, p, "percentage")
-                values["delay_denominator"] = _denominator(d, "percentage")
-        if obj.get("abort") is not None:
-            p = join(path, "abort")
-            a = r.mapping(obj["abort"], p, ("http_status", "header_abort", "percentage"),
-                          refuse=("grpc_status",))
-            if a is not None:
-                if (a.get("http_status") is None) == (a.get("header_abort") is None):
-                    r.error(p, "expected one of http_status, header_abort")
-                values["abort_status"] = r.field(a, p, "http_status", status, None)
-                values["header_abort"] = a.get("header_abort") is not None
-                values["abort_fraction"] = fractional_percent(r, a, p, "percentage")
-                values["abort_denominator"] = _denominator(a, "percentage")
+        _fault_kind(r, obj, path, "delay", ("fixed_delay", duration), "header_delay", values)
+        _fault_kind(r, obj, path, "abort", ("http_status", status), "header_abort", values)
         headers = [header_matcher(r, h, p) for p, h in r.items(obj, path, "headers")]
         cluster = r.field(obj, path, "upstream_cluster", text, None)
         active = r.field(obj, path, "max_active_faults", count, None)
@@ -137,27 +140,21 @@ class FaultFilter(Filter):
             value = head.get(DELAY_HEADER)
             if value is None or not value.isdigit():
                 return None
-            seconds = int(value) / 1000
-        elif cfg.delay is not None:
-            seconds = cfg.delay
+            seconds: float | None = int(value) / 1000
         else:
-            return None
-        if not self._chosen(cfg.delay_fraction, head, DELAY_PERCENT_HEADER,
-                            cfg.delay_denominator):
-            return None
-        return seconds
+            seconds = cfg.delay
+        chosen = self._chosen(cfg.delay_fraction, head, DELAY_PERCENT_HEADER,
+                              cfg.delay_denominator)
+        return seconds if seconds is not None and chosen else None
 
     def _abort(self, cfg: FaultConfig, head: Any) -> int | None:
         if cfg.header_abort:
             value = head.get(ABORT_HEADER)
             if value is None or not value.isdigit() or not 200 <= int(value) < 600:
                 return None
-            code = int(value)
-        elif cfg.abort_status is not None:
-            code = cfg.abort_status
+            code: int | None = int(value)
         else:
-            return None
-        if not self._chosen(cfg.abort_fraction, head, ABORT_PERCENT_HEADER,
-                            cfg.abort_denominator):
-            return None
-        return code
+            code = cfg.abort_status
+        chosen = self._chosen(cfg.abort_fraction, head, ABORT_PERCENT_HEADER,
+                              cfg.abort_denominator)
+        return code if code is not None and chosen else None

@@ -98,30 +98,22 @@ class FilterError(DownstreamError):
         self.flag = flag
 
 
-class RequestHead:
-    """For RPC protocols: method = the RPC method, path = the service, authority = the target
-    application, headers = the protocol's header map."""
+class MessageHead:
+    """What a request's and a response's head share: the header list, the decoded message
+    itself for RPC frames (``native``: a codec of the same protocol forwards it as it came,
+    only its request id rewritten, instead of re-encoding the parts) and, for messages that
+    arrive whole, their size (``message_bytes``: the access log counts it as the body; HTTP
+    bodies are counted as they stream).
 
-    __slots__ = ("method", "path", "authority", "scheme", "headers", "upgrade", "native", "peer",
-                 "message_bytes")
+    Header edits assign a new list: an RPC codec forwards a frame as it came unless its header
+    map was replaced, so a list edited in place would go unseen."""
 
-    def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
-                 headers: Headers, upgrade: bytes = b"", native: object = None):
-        self.method = method
-        self.path = path
-        self.authority = authority
-        self.scheme = scheme
+    __slots__ = ("headers", "native", "message_bytes")
+
+    def __init__(self, headers: Headers, native: object, message_bytes: int):
         self.headers = headers
-        # The protocol the client asks to switch to (HTTP/1.1 ``Upgrade``), or empty.
-        self.upgrade = upgrade
-        # The decoded message itself (RPC frames): a codec of the same protocol forwards it
-        # as it came, only its request id rewritten, instead of re-encoding the parts.
         self.native = native
-        # The client's IP (for hashing on it), when the codec knows it.
-        self.peer = b""
-        # For messages that arrive whole (RPC frames): their size, which the access log counts
-        # as the body; HTTP bodies are counted as they stream.
-        self.message_bytes = 0
+        self.message_bytes = message_bytes
 
     def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
         for k, v in self.headers:
@@ -129,8 +121,6 @@ class RequestHead:
                 return v
         return default
 
-    # Edits assign a new list: an RPC codec forwards a frame as it came unless its header map
-    # was replaced, so a list edited in place would go unseen.
     def set(self, name: bytes, value: bytes) -> None:
         """Sets a header, replacing every value it had."""
         self.headers = [(k, v) for k, v in self.headers if k != name] + [(name, value)]
@@ -142,40 +132,41 @@ class RequestHead:
         self.headers = [(k, v) for k, v in self.headers if k != name]
 
 
-class ResponseHead:
+class RequestHead(MessageHead):
+    """For RPC protocols: method = the RPC method, path = the service, authority = the target
+    application, headers = the protocol's header map."""
+
+    __slots__ = ("method", "path", "authority", "scheme", "upgrade", "peer")
+
+    def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
+                 headers: Headers, upgrade: bytes = b"", native: object = None):
+        super().__init__(headers, native, 0)
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.scheme = scheme
+        # The protocol the client asks to switch to (HTTP/1.1 ``Upgrade``), or empty.
+        self.upgrade = upgrade
+        # The client's IP (for hashing on it), when the codec knows it.
+        self.peer = b""
+
+
+class ResponseHead(MessageHead):
     """``status`` is HTTP's (RPC codecs map theirs onto it, for the proxy and the logs). Client
     streams hand out heads already cleaned of what belongs to their hop (HTTP's hop-by-hop
     headers), so the proxy forwards a head as it is unless a route edits it."""
 
-    __slots__ = ("status", "headers", "reason", "native", "message_bytes")
+    __slots__ = ("status", "reason")
 
     def __init__(self, status: int, headers: Headers, reason: bytes = b"",
                  native: object = None, message_bytes: int = 0):
+        super().__init__(headers, native, message_bytes)
         self.status = status
-        self.headers = headers
         self.reason = reason
-        self.native = native
-        self.message_bytes = message_bytes  # as RequestHead's
 
     def load_headers(self) -> None:
         """Decodes what a codec left undecoded (an RPC frame's header map: most responses are
         forwarded as they came), before the proxy or a filter reads or edits ``headers``."""
-
-    def get(self, name: bytes, default: bytes | None = None) -> bytes | None:
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return default
-
-    def set(self, name: bytes, value: bytes) -> None:
-        """Sets a header, replacing every value it had (a new list, as RequestHead.set)."""
-        self.headers = [(k, v) for k, v in self.headers if k != name] + [(name, value)]
-
-    def add(self, name: bytes, value: bytes) -> None:
-        self.headers = [*self.headers, (name, value)]
-
-    def remove(self, name: bytes) -> None:
-        self.headers = [(k, v) for k, v in self.headers if k != name]
 
 
 @trait
