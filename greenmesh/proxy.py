@@ -264,11 +264,13 @@ class Proxy:
             ex.flags.append(_IE)
             stream.reset("internal error")
         metadata = None
-        if ex.filters is not None:
-            ex.filters.done()
-            ctx = ex.filters.ctx
-            ex.flags.extend(f for f in ctx.flags if f not in ex.flags)
-            metadata = ctx.metadata or None
+        sf = ex.filters
+        if sf is not None:
+            if sf.active.done:
+                sf.done()
+            if sf.flags:
+                ex.flags.extend(f for f in sf.flags if f not in ex.flags)
+            metadata = sf.metadata or None
         status = ex.status
         stats = self._stats
         stats.inc("downstream_rq_total")
@@ -305,14 +307,14 @@ class Proxy:
         head = stream.request
         ex.bytes_in += head.message_bytes
         sf = ex.filters
-        if sf is not None:
+        if sf is not None and sf.active.before_route:
             reply = sf.before_route()
             if reply is not None:
                 raise _Answer(reply)
         table = self._routes()
         matched = None
         if table is not None:
-            matched = table.match(head, sf.ctx.metadata if sf is not None else None)
+            matched = table.match(head, sf.metadata if sf is not None else None)
         if matched is None:
             if sf is not None:
                 reply = sf.after_route(None, None)
@@ -387,10 +389,13 @@ class Proxy:
             ex.upstream = host.label
             if action.auto_host_rewrite:
                 head.authority = ex.upstream.encode()
-            if ex.filters is not None:
-                reply = ex.filters.after_host(host.label)
-                if reply is not None:
-                    raise _Answer(reply)
+            sf = ex.filters
+            if sf is not None:
+                sf.host = ex.upstream
+                if sf.active.after_host:
+                    reply = sf.after_host()
+                    if reply is not None:
+                        raise _Answer(reply)
             try:
                 cs = host.pool.new_stream(timeout)
             except PoolOverflow:
@@ -548,10 +553,11 @@ class Proxy:
         src: ClientStream | _Filtered = cs
         sf = ex.filters
         if sf is not None:
-            reply = sf.response_headers(out)
-            if reply is not None:
-                raise _Answer(reply)
-            ex.status = out.status  # a filter may have changed it
+            if sf.active.response_headers:
+                reply = sf.response_headers(out)
+                if reply is not None:
+                    raise _Answer(reply)
+                ex.status = out.status  # a filter may have changed it
             if sf.active.wants_response_body:
                 src = _Filtered(read, cs, sf.response_data, sf.response_trailers)
                 read = src.read

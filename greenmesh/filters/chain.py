@@ -63,20 +63,21 @@ class Active:
         self.wants_response_body = bool(self.response_data or self.response_trailers)
 
 
-class StreamFilters:
-    """One stream's filters: the context, and the list that applies (the listener's until a
-    route is matched, the route's after)."""
+class StreamFilters(FilterContext):
+    """One stream's filters: the context every hook gets (this object: one allocation per
+    stream, not two), and the filters that apply (the listener's until a route is matched, the
+    route's after). The proxy looks at ``active`` to skip a phase no filter has."""
 
-    __slots__ = ("chain", "ctx", "active")
+    __slots__ = ("chain", "active")
 
-    def __init__(self, chain: FilterChain, ctx: FilterContext):
+    def __init__(self, chain: FilterChain, request: RequestHead):
+        super().__init__(chain.listener, request, chain.stats, chain.prefix)
         self.chain = chain
-        self.ctx = ctx
         self.active: Active = chain.listener_filters
 
     def _call(self, name: str, hook: Any, *args: Any) -> Any:
         try:
-            return hook(self.ctx, *args)
+            return hook(self, *args)
         except ResetStream as e:
             raise FilterError(f"filter {name} reset the stream: {e}") from None
         except Exception as e:  # the filter's bug: this stream's problem only
@@ -96,23 +97,20 @@ class StreamFilters:
         return None
 
     def before_route(self) -> LocalReply | None:
-        phase = self.active.before_route
-        return self._heads(phase, "before_route") if phase else None
+        return self._heads(self.active.before_route, "before_route")
 
     def after_route(self, route: Any, cluster: str | None) -> LocalReply | None:
         """``route``: the compiled route (None if none matched)."""
-        ctx = self.ctx
-        ctx.route = route.route if route is not None else None
-        ctx.cluster = cluster
+        self.route = route.route if route is not None else None
+        self.cluster = cluster
         if route is not None:
             self.active = self.chain.for_route(route)
         phase = self.active.after_route
         return self._heads(phase, "after_route") if phase else None
 
-    def after_host(self, host: str) -> LocalReply | None:
-        self.ctx.host = host
-        phase = self.active.after_host
-        return self._heads(phase, "after_host") if phase else None
+    def after_host(self) -> LocalReply | None:
+        """(The proxy sets ``host`` first.)"""
+        return self._heads(self.active.after_host, "after_host")
 
     def _through(self, phase: Phase, hook: str, value: Any) -> Any:
         """A body chunk or trailers, passed through each filter of a phase in turn."""
@@ -128,7 +126,7 @@ class StreamFilters:
 
     def response_headers(self, head: ResponseHead) -> LocalReply | None:
         head.load_headers()
-        self.ctx.response = head
+        self.response = head
         phase = self.active.response_headers
         return self._heads(phase, "response_headers", head) if phase else None
 
@@ -154,7 +152,7 @@ class StreamFilters:
     def done(self) -> None:
         for name, f in self.active.done:
             try:
-                f.done(self.ctx)
+                f.done(self)
             except Exception as e:  # too late to answer for it; said and counted
                 chain = self.chain
                 chain.stats.inc(f"http.{chain.listener}.filter.{name}.errors")
@@ -169,15 +167,14 @@ class FilterChain:
                  registry: FilterRegistry, stats: Stats):
         self.listener = listener
         self.stats = stats
-        self._prefix = f"http.{listener}."  # the listener's counters (Envoy's HCM stat prefix)
+        self.prefix = f"http.{listener}."  # the listener's counters (Envoy's HCM stat prefix)
         self._registry = registry
         self._filters = [(f.name, registry.create(f.kind, f.config)) for f in filters]
         self.listener_filters = Active(self._filters)
         self._routes: dict[Any, Active] = {}
 
     def start(self, request: RequestHead) -> StreamFilters:
-        return StreamFilters(self, FilterContext(self.listener, request, self.stats,
-                                                 self._prefix))
+        return StreamFilters(self, request)
 
     def for_route(self, route: Any) -> Active:
         """The filters that apply on a compiled route (its overrides merged route > virtual
