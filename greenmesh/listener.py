@@ -80,7 +80,8 @@ class Listener:
             if protocol is not None:
                 opts = ServerOptions(peer=peer, scheme=self._scheme,
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
-                                     idle_timeout=self.config.idle_timeout, count=self._count)
+                                     idle_timeout=self.config.idle_timeout, count=self._count,
+                                     accept_http10=self.config.accept_http_10)
                 sc = protocol.server(conn, opts, self.proxy.handle)
                 self._servers.add(sc)
                 if self._draining:  # the listener began to drain while this one was sniffed

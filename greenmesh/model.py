@@ -309,6 +309,8 @@ class Listener:
     idle_timeout: float = 300.0
     access_log: bool = True
     tls: TlsServer | None = None
+    # HTTP/1.0 requests served (Envoy's http_protocol_options.accept_http_10); else 426.
+    accept_http_10: bool = False
     # The stream filters every request passes before the router (which is always last).
     http_filters: tuple[HttpFilter, ...] = ()
 

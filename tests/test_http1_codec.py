@@ -63,8 +63,22 @@ def test_pipelined_requests_queue_in_order():
 
 
 def test_http10_is_not_keep_alive():
-    (_, head), _ = feed_all(request_parser(8192), b"GET / HTTP/1.0\r\n\r\n")
+    (_, head), _ = feed_all(request_parser(8192, accept_http10=True), b"GET / HTTP/1.0\r\n\r\n")
     assert head.version == "1.0" and not head.keep_alive
+
+
+@pytest.mark.parametrize(("bad", "status", "why"), [
+    (b"GET /\r\n\r\n", 400, "HTTP/0.9 is not supported"),
+    (b"GET / HTTP/1.0\r\n\r\n", 426, "HTTP/1.0 is not accepted here (accept_http_10)"),
+    (b"GET / HTTP/1.1\r\n\r\n", 400, "missing host header"),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "more than one host header"),
+])
+def test_requests_a_proxy_must_refuse(bad, status, why):
+    """RFC 9112 as Envoy applies it: no HTTP/0.9, HTTP/1.0 only when the listener accepts it,
+    exactly one Host in HTTP/1.1."""
+    with pytest.raises(ParseError) as e:
+        request_parser(8192).feed(bad)
+    assert (e.value.status, str(e.value)) == (status, why)
 
 
 @pytest.mark.parametrize("bad", [

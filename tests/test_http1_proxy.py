@@ -369,3 +369,23 @@ def test_auto_listener_detects_http_and_closes_the_unknown(upstream, start_mesh)
     conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
     conn.request("GET", "/stats")
     assert "listener.ingress.downstream_cx_protocol_error: 1\n" in conn.getresponse().read().decode()
+
+
+def test_http09_http10_and_host_rules_on_the_wire(upstream, start_mesh):
+    """HTTP/0.9 is refused with 400 (haproxy's answer: it cannot be proxied), HTTP/1.0 with
+    Envoy's 426 unless the listener says accept_http_10, an HTTP/1.1 request without exactly
+    one Host with 400; each closes the connection, and the listener goes on serving."""
+    strict = mesh_config([upstream.address])
+    gm = start_mesh(strict)
+    assert raw_request(gm.port(), b"GET /\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    http10 = raw_request(gm.port(), b"GET / HTTP/1.0\r\n\r\n")
+    assert http10.startswith(b"HTTP/1.1 426 ") and b"accept_http_10" in http10
+    assert raw_request(gm.port(), b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    twice = raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert twice.startswith(b"HTTP/1.1 400 ") and b"more than one host header" in twice
+    assert raw_request(gm.port(), b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                       ).startswith(b"HTTP/1.1 200 ")
+    lenient = mesh_config([upstream.address], listener={"accept_http_10": True})
+    gm2 = start_mesh(lenient)
+    answer = raw_request(gm2.port(), b"GET / HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello from up1\n")

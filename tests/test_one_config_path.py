@@ -221,3 +221,24 @@ def test_tls_from_envoys_transport_sockets(tmp_path):
     assert cfg.listeners[0].tls == model.TlsServer(str(chain), str(key))
     assert cfg.listeners[0].protocol == "auto"  # the HCM's AUTO codec
     assert cfg.clusters[0].tls == model.TlsClient("api.internal", str(ca_path))
+
+
+def test_accept_http_10_from_envoys_hcm_and_the_short_spelling():
+    from envoy_data_plane.envoy.config.core.v3 import Http1ProtocolOptions
+    from envoy_data_plane.google.protobuf import Any
+
+    from greenmesh.config.listeners import listener
+    from tests.test_xds import listener as xds_listener
+    lds = xds_listener("l", 8080, "r")
+    hcm = lds.filter_chains[0].filters[0].typed_config.unpack()
+    hcm.http_protocol_options = Http1ProtocolOptions(accept_http_10=True)
+    lds.filter_chains[0].filters[0].typed_config = Any.pack(hcm)
+    (from_lds, _), _ = convert_resource(listener, lds)
+    short = load_dict({"listeners": [{"name": "l", "address": "127.0.0.1:8080",
+                                      "route_config": "r", "accept_http_10": True}],
+                       "route_configs": [{"name": "r", "virtual_hosts": [{
+                           "name": "v", "domains": ["*"], "routes": [{
+                               "match": {"prefix": "/"},
+                               "direct_response": {"status": 200}}]}]}]})
+    assert from_lds.accept_http_10 is short.listeners[0].accept_http_10 is True
+    assert model.Listener("l", model.Address("h", 1), "r").accept_http_10 is False  # Envoy's

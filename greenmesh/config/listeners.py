@@ -35,7 +35,8 @@ from greenmesh.config.tls import downstream_tls, tls_server
 HCM_NAME = "envoy.filters.network.http_connection_manager"
 _INSPECTORS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
 _CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
-_OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log")
+_OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log",
+        "accept_http_10")
 
 
 def listener(r: Reader, v: Any, path: str
@@ -77,7 +78,8 @@ def listener(r: Reader, v: Any, path: str
         values["protocol"] = r.field(src, src_path, "protocol",
                                      one_of((*r.protocols, "auto")), "http1")
     for key, convert in (("max_connections", positive), ("max_request_headers_kb", positive),
-                         ("idle_timeout", duration), ("access_log", boolean)):
+                         ("idle_timeout", duration), ("access_log", boolean),
+                         ("accept_http_10", boolean)):
         if key not in values or key in own:
             src, src_path = own.get(key, (obj, path))
             values[key] = r.field(src, src_path, key, convert,
@@ -121,7 +123,8 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
     """Envoy's HttpConnectionManager: codec, routes (RDS or inline), header limits."""
     hcm = typed(r, v, path, "HttpConnectionManager",
                 ("codec_type", "stat_prefix", "rds", "route_config", "http_filters",
-                 "max_request_headers_kb", "common_http_protocol_options"),
+                 "max_request_headers_kb", "common_http_protocol_options",
+                 "http_protocol_options"),
                 refuse=("scoped_routes",))
     if hcm is None:
         return None
@@ -134,6 +137,11 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
     values["http_filters"] = http_filters(r, hcm, path)
     if hcm.get("max_request_headers_kb") is not None:
         values["max_request_headers_kb"] = r.field(hcm, path, "max_request_headers_kb", positive)
+    if hcm.get("http_protocol_options") is not None:
+        hpath = join(path, "http_protocol_options")
+        h = r.mapping(hcm["http_protocol_options"], hpath, ("accept_http_10",))
+        if h is not None and h.get("accept_http_10") is not None:
+            values["accept_http_10"] = r.field(h, hpath, "accept_http_10", boolean)
     if hcm.get("common_http_protocol_options") is not None:
         opath = join(path, "common_http_protocol_options")
         o = r.mapping(hcm["common_http_protocol_options"], opath, ("idle_timeout",))

@@ -371,6 +371,8 @@ class ServerOptions:
     max_header_bytes: int = 60 * 1024
     idle_timeout: float | None = 300.0
     scheme: bytes = b"http"
+    #: HTTP/1.0 requests are served (Envoy's ``accept_http_10``; else 426).
+    accept_http10: bool = False
     #: Counts a listener stat (``downstream_flow_control_paused_reading_total``...).
     count: Callable[[str], None] = lambda name: None
 

@@ -128,7 +128,7 @@ class _ServerConnection(ServerConnection):
         self.writer = _MessageWriter(conn, DownstreamError, "downstream")
         self.opts = opts
         self.handler = handler
-        self.parser = request_parser(opts.max_header_bytes)
+        self.parser = request_parser(opts.max_header_bytes, opts.accept_http10)
         self.events = self.parser.events
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
         self.state = ConnectionState.OPEN

@@ -94,11 +94,14 @@ class _Parser:
     """Feeds llhttp and queues (kind, payload) events; one parser per connection."""
 
     __slots__ = ("_p", "_response", "_limit", "events", "_head", "_size", "_trailers", "_url",
-                 "_reason", "_too_large", "upgrade_data", "head_request", "clean_stop", "error")
+                 "_reason", "_too_large", "upgrade_data", "head_request", "clean_stop", "error",
+                 "_accept_http10")
 
-    def __init__(self, response: bool, max_header_bytes: int = 60 * 1024):
+    def __init__(self, response: bool, max_header_bytes: int = 60 * 1024,
+                 accept_http10: bool = False):
         self._response = response
         self._limit = max_header_bytes
+        self._accept_http10 = accept_http10
         self.events = EventQueue()
         self.upgrade_data: bytes | None = None
         #: Set by the client before a HEAD request: its response has a head only.
@@ -169,11 +172,31 @@ class _Parser:
         else:
             head.method = p.get_method()
             head.target = self._url
+            self._check_request(head)
         self._trailers = []
         self.events.append((HEAD, head))
         if self.head_request and head.status >= 200:
             self.events.append((END, None))
             raise _HeadOnly
+
+    def _check_request(self, head: MessageHead) -> None:
+        """RFC 9112's rules a proxy enforces (Envoy's): HTTP/0.9 has no place in a proxy;
+        HTTP/1.0 only where the listener accepts it (Envoy's ``accept_http_10``, else 426); an
+        HTTP/1.1 request has exactly one Host (§3.2)."""
+        version = head.version
+        if version == "1.1":
+            hosts = 0
+            for name, _ in head.headers:
+                if name == b"host":
+                    hosts += 1
+            if hosts != 1:
+                raise ParseError("missing host header" if not hosts
+                                 else "more than one host header", 400)
+        elif version == "1.0":
+            if not self._accept_http10:
+                raise ParseError("HTTP/1.0 is not accepted here (accept_http_10)", 426)
+        else:
+            raise ParseError(f"HTTP/{version} is not supported", 400)
 
     def on_body(self, body: bytes) -> None:
         self.events.append((DATA, body))
@@ -205,7 +228,10 @@ class _Parser:
                 return
             if self._too_large:
                 raise ParseError(self._too_large, 431) from None
-            raise ParseError(str(cb_err.__context__ or cb_err)) from None
+            cause = cb_err.__context__
+            if isinstance(cause, ParseError):  # raised by a callback, with its own status
+                raise cause from None
+            raise ParseError(str(cause or cb_err)) from None
         except httptools.HttpParserError as parse_err:
             if str(parse_err) == "Pause on PRI/Upgrade":  # llhttp stops at the HTTP/2 connection preface
                 raise ParseError("HTTP/2 on an HTTP/1.1 listener (protocol: http2 or auto serves"
@@ -228,8 +254,9 @@ class _Parser:
             return True
         return False
 
-def request_parser(max_header_bytes: int) -> _Parser:
-    return _Parser(response=False, max_header_bytes=max_header_bytes)
+def request_parser(max_header_bytes: int, accept_http10: bool = False) -> _Parser:
+    return _Parser(response=False, max_header_bytes=max_header_bytes,
+                   accept_http10=accept_http10)
 
 
 def response_parser() -> _Parser:
