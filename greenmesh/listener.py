@@ -81,7 +81,8 @@ class Listener:
                 opts = ServerOptions(peer=peer, scheme=self._scheme,
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
                                      idle_timeout=self.config.idle_timeout, count=self._count,
-                                     accept_http10=self.config.accept_http_10)
+                                     accept_http10=self.config.accept_http_10,
+                                     rejected=self.proxy.rejected)
                 sc = protocol.server(conn, opts, self.proxy.handle)
                 self._servers.add(sc)
                 if self._draining:  # the listener began to drain while this one was sniffed
@@ -117,6 +118,10 @@ class Listener:
                 self.stats.inc(self._prefix + "downstream_cx_protocol_error")
                 log.info("unknown_protocol", listener=self.config.name, peer=conn.peer,
                          first_bytes=data[:16].hex())
+                answer = self.registry.refusal(data, self._candidates)
+                if answer is not None:
+                    conn.write(answer)
+                    self.proxy.rejected(400, b"", b"", "not a protocol this listener speaks")
                 return None
 
     def close_listening(self) -> None:

@@ -282,6 +282,17 @@ class Proxy:
                                  int((_monotonic() - start) * 1e6), ex.cluster,
                                  ex.upstream, ex.error, metadata)
 
+    def rejected(self, status: int, method: bytes, path: bytes, details: str) -> None:
+        """A request its codec answered itself (400, 431...: no stream was made): counted and
+        logged as Envoy's are, with DPE."""
+        stats = self._stats
+        stats.inc("downstream_rq_total")
+        stats.inc(_STATUS_CLASS[status // 100])
+        if self._access_log is not None:
+            self._access_log.log(self.listener, method, b"", path, status,
+                                 ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, 0, 0, 0, None,
+                                 None, details)
+
     def _local_reply(self, stream: ServerStream, ex: _Exchange, reply: LocalReply) -> None:
         if stream.response_started:
             ex.flags.extend(f for f in reply.flags if f not in ex.flags)

@@ -369,6 +369,23 @@ def test_auto_listener_detects_http_and_closes_the_unknown(upstream, start_mesh)
     conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
     conn.request("GET", "/stats")
     assert "listener.ingress.downstream_cx_protocol_error: 1\n" in conn.getresponse().read().decode()
+    # Text that no protocol claims gets HTTP/1.1's 400 and a close (binary: just the close).
+    out = raw_request(gm.port(), b"GARBAGE\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 ") and b"connection: close" in out.lower()
+    assert gm.stat("listener.ingress.downstream_cx_protocol_error") == 2
+
+
+def test_requests_the_codec_refuses_are_counted_and_logged(upstream, start_mesh):
+    """400/431 answered by the codec itself (no stream was made) count in downstream_rq_4xx
+    and get an access-log line with DPE and why, as Envoy's do."""
+    gm = start_mesh(mesh_config([upstream.address], listener={"max_request_headers_kb": 8}))
+    assert raw_request(gm.port(), b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")
+    big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n"
+    assert raw_request(gm.port(), big).startswith(b"HTTP/1.1 431")
+    assert gm.wait_stat("downstream_rq_4xx", 2) == 2
+    assert gm.stat("downstream_rq_total") == 2
+    lines = [(e["status"], e["flags"], e["details"]) for e in gm.access(2)]
+    assert lines == [(400, "DPE", "missing host header"), (431, "DPE", "headers too large")]
 
 
 def test_http09_http10_and_host_rules_on_the_wire(upstream, start_mesh):

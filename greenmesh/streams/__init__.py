@@ -37,6 +37,9 @@ class Protocol:
     multiplexed: bool = False
     #: The TLS ALPN protocol id ("h2", "http/1.1"), if the protocol has one.
     alpn: str | None = None
+    #: What to answer first bytes no protocol claims but that look like this one's (HTTP/1.1:
+    #: a 400 to text), or None.
+    refusal: Callable[[bytes], bytes | None] | None = None
 
 
 class Registry:
@@ -54,6 +57,16 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._protocols)
+
+    def refusal(self, data: bytes, candidates: Iterable[str]) -> bytes | None:
+        """The answer of the first candidate that recognises ``data`` as a botched attempt
+        at its protocol (every candidate said NO)."""
+        for name in candidates:
+            refuse = self._protocols[name].refusal
+            answer = refuse(data) if refuse is not None else None
+            if answer is not None:
+                return answer
+        return None
 
     def by_alpn(self, alpn: str | None) -> Protocol | None:
         for protocol in self._protocols.values():

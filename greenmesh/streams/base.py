@@ -375,6 +375,9 @@ class ServerOptions:
     accept_http10: bool = False
     #: Counts a listener stat (``downstream_flow_control_paused_reading_total``...).
     count: Callable[[str], None] = lambda name: None
+    #: A request the codec answered itself, never a stream (400, 431...): ``(status, method,
+    #: path, why)``, so that stats and the access log count it as Envoy's do.
+    rejected: Callable[[int, bytes, bytes, str], None] = lambda status, method, path, why: None
 
 
 StreamHandler = Callable[[ServerStream], None]

@@ -179,7 +179,7 @@ class _ServerConnection(ServerConnection):
                 return
             head = ev[1]
             if head.method == b"CONNECT":
-                self.reject(405, "CONNECT is not supported")
+                self.reject(405, "CONNECT is not supported", head.method, head.target)
                 return
             self.current = stream = Http1ServerStream(self, head)
             self.handler(stream)
@@ -193,9 +193,10 @@ class _ServerConnection(ServerConnection):
                 self.parser.upgrade_data = None
                 conn.unread(leftover)
 
-    def reject(self, status: int, reason: str) -> None:
+    def reject(self, status: int, reason: str, method: bytes = b"", path: bytes = b"") -> None:
         """A request greenmesh cannot parse: say why on the wire, then close."""
         log.info("bad_request", peer=self.opts.peer, status=status, error=reason)
+        self.opts.rejected(status, method, path, reason)
         body = f"{reason}\n".encode()
         try:
             self.conn.write(encode_response_head(status, REASONS.get(status, b""),
@@ -495,5 +496,18 @@ class Http1ClientStream(ClientStream):
         return ConnTunnel(self.conn)
 
 
+_TEXT: Final = frozenset((9, 10, 13, *range(32, 127)))
+
+
+def refusal(data: bytes) -> bytes | None:
+    """First bytes no protocol claims but that read as text (a mistyped method, a stray line):
+    HTTP/1.1's 400 and close, as haproxy and Envoy answer them."""
+    first = data[:64]
+    if not first or not all(c in _TEXT for c in first):
+        return None
+    body = b"bad request: not a protocol this listener speaks\n"
+    return encode_response_head(400, b"Bad Request", local_reply_headers(body), _CLOSE) + body
+
+
 PROTOCOL: Final = Protocol(name="http1", match=match, server=server, client=Http1ClientConnection,
-                           multiplexed=False, alpn="http/1.1")
+                           multiplexed=False, alpn="http/1.1", refusal=refusal)

@@ -143,6 +143,7 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
         wanted)."""
         log.info("bad_request", peer=self.opts.peer, status=431, headers=count,
                  error="request headers too large")
+        self.opts.rejected(431, b"", b"", "request headers too large")
         body = b"request headers too large\n"
         self.send_headers(s, [(b":status", b"431"), *local_reply_headers(body)], False)
         self.send_data(s, body, True)
