@@ -217,6 +217,10 @@ class RetryPolicy:
     retriable_status_codes: tuple[int, ...] = ()
     base_interval: float = 0.025  # exponential back-off with jitter, as Envoy
     max_interval: float | None = None  # default: 10 x base_interval
+    # Envoy's retry_host_predicate previous_hosts: a retry avoids the hosts already tried,
+    # picking up to 1 + host_selection_retry_max_attempts times.
+    previous_hosts: bool = False
+    host_selection_retry_max_attempts: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ _STATUS_CLASS: Final = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not fo
 _OVERLOADED: Final = [(b"x-envoy-overloaded", b"true")]
 _UF: Final = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
 _IE: Final = ResponseFlag.INTERNAL_ERROR
+_HASH_MASK: Final = (1 << 64) - 1
 
 
 class _Exchange:
@@ -391,10 +392,24 @@ class Proxy:
         attempt = 0
         action = matched.route.route
         assert action is not None
-        key = matched.hash_key(head) if action.hash_policy else None
+        key: int | None = matched.hash_key(head) if action.hash_policy else None
+        policy = action.retry_policy
+        tried: set[object] | None = set() if policy is not None and policy.previous_hosts \
+            else None
         while True:
             attempt += 1
+            if attempt > 1:  # a retry sees ejections and EDS changes made since the first try
+                cluster = self._clusters.get(cluster.name) or cluster
             host = cluster.pick(key)
+            if tried is not None and policy is not None:
+                for n in range(policy.host_selection_retry_max_attempts):
+                    if host is None or host.address not in tried:
+                        break
+                    # Envoy's previous_hosts: pick again (a hashing balancer at another point
+                    # of its ring, as Envoy's walks on).
+                    host = cluster.pick(key if key is None else hash((key, n)) & _HASH_MASK)
+                if host is not None:
+                    tried.add(host.address)
             if host is None:
                 raise _answer(503, ResponseFlag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
             ex.upstream = host.label

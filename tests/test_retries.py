@@ -309,3 +309,31 @@ def test_consecutive_gateway_failures_eject_but_other_5xx_do_not():
     cm.get("g").record(host, 0)  # a connect failure is one
     assert host.health.ejected_until > time.monotonic()
     cm.close()
+
+
+def test_previous_hosts_steers_a_retry_away_from_the_host_that_failed(upstream, start_mesh):
+    """ring_hash sends a key to the same host every time, so a retry without a host predicate
+    meets the refusing host again; with Envoy's previous_hosts it picks another."""
+    dead = f"127.0.0.1:{free_port()}"
+
+    def route(prefix: str, predicate: bool) -> dict:
+        policy = {"retry_on": "connect-failure", "num_retries": 1}
+        if predicate:
+            policy["retry_host_predicate"] = [
+                {"name": "envoy.retry_host_predicates.previous_hosts"}]
+            policy["host_selection_retry_max_attempts"] = 20
+        return {"match": {"prefix": prefix}, "route": {
+            "cluster": "backend", "retry_policy": policy,
+            "hash_policy": [{"header": {"header_name": "x-key"}}]}}
+    cfg = mesh_config([dead, upstream.address], routes=[route("/plain", False),
+                                                         route("/prev", True)],
+                      cluster={"lb_policy": "ring_hash"})
+    gm = start_mesh(cfg)
+
+    def status(path: str, key: str) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", gm.port(), timeout=10)
+        conn.request("GET", path, headers={"x-key": key})
+        return conn.getresponse().status
+    on_dead = [k for k in (f"k{i}" for i in range(30)) if status("/plain", k) == 503]
+    assert on_dead  # some keys hash to the refusing host: their retry went there again
+    assert [status("/prev", k) for k in on_dead] == [200] * len(on_dead)

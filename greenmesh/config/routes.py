@@ -40,6 +40,7 @@ _APPEND_ACTIONS = {"APPEND_IF_EXISTS_OR_ADD": True, "OVERWRITE_IF_EXISTS_OR_ADD"
 _REDIRECT_CODES = {"MOVED_PERMANENTLY": 301, "FOUND": 302, "SEE_OTHER": 303,
                    "TEMPORARY_REDIRECT": 307, "PERMANENT_REDIRECT": 308}
 _PATH_MATCHES = ("prefix", "path", "safe_regex", "path_separated_prefix")
+_PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
 
 
 def route_config(r: Reader, v: Any, path: str, name: str | None = None
@@ -348,7 +349,8 @@ def _retry_on(r: Reader, path: str) -> Any:
 
 def retry_policy(r: Reader, v: Any, path: str) -> model.RetryPolicy | None:
     obj = r.mapping(v, path, ("retry_on", "num_retries", "per_try_timeout",
-                              "retriable_status_codes", "retry_back_off"))
+                              "retriable_status_codes", "retry_back_off",
+                              "retry_host_predicate", "host_selection_retry_max_attempts"))
     if obj is None:
         return None
     mark = r.mark()
@@ -369,9 +371,20 @@ def retry_policy(r: Reader, v: Any, path: str) -> model.RetryPolicy | None:
         if b is not None:
             base = r.field(b, bpath, "base_interval", duration)
             top = r.field(b, bpath, "max_interval", duration, None)
-    if r.failed_since(mark) or retry_on is None or num is None or base is None:
+    previous = False
+    for p, pred in r.items(obj, path, "retry_host_predicate"):
+        po = r.mapping(pred, p, ("name", "typed_config"))
+        if po is not None and po.get("name") != _PREVIOUS_HOSTS:
+            r.error(join(p, "name"), f"only {_PREVIOUS_HOSTS} is supported")
+        previous = True
+    attempts = r.field(obj, path, "host_selection_retry_max_attempts", count,
+                       model_default(model.RetryPolicy, "host_selection_retry_max_attempts"))
+    if r.failed_since(mark) or retry_on is None or num is None or base is None \
+            or attempts is None:
         return None
-    return model.RetryPolicy(retry_on, num, per_try or None, tuple(codes), base, top)
+    return model.RetryPolicy(retry_on, num, per_try or None, tuple(codes), base, top,
+                             previous_hosts=previous,
+                             host_selection_retry_max_attempts=attempts)
 
 
 def hash_policy(r: Reader, v: Any, path: str) -> model.HashPolicy | None:
