@@ -13,7 +13,6 @@ multiplexed one again from the Python source.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from common import (
     mosn,
     pinned,
     print_table,
+    round_args,
     wait_port,
 )
 
@@ -59,10 +59,7 @@ clusters:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap = round_args(__doc__)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--in-flight", type=int, default=10)
     ap.add_argument("--only", nargs="*", help="targets to measure (default: all)")

@@ -9,6 +9,7 @@ next, so only ratios measured side by side mean anything.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -219,6 +220,15 @@ class Row:
     cpu_us: float | None  # proxy CPU per request
     rss: float | None  # MiB
     errors: list[str] = field(default_factory=list)
+
+
+def round_args(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every interleaved-rounds bench takes (each adds its own)."""
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    return ap
 
 
 def measure(targets: list[Target], procs: list[subprocess.Popen], tmp: Path, rounds: int,

@@ -10,7 +10,6 @@ chain: what the chain's mere presence in the proxy costs).
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from common import (
     one_route_config,
     pinned,
     print_table,
+    round_args,
     wait_port,
 )
 from http1 import BODY, wrk
@@ -45,10 +45,7 @@ def with_filter(config: str, cls: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap = round_args(__doc__)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--baseline", type=Path, help="another tree with build/compiled in it")
     args = ap.parse_args()

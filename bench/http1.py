@@ -13,7 +13,6 @@ Python source (what the compiled build buys).
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from common import (
     one_route_config,
     pinned,
     print_table,
+    round_args,
     wait_port,
     which,
 )
@@ -62,10 +62,7 @@ def wrk(port: int, seconds: int, connections: int, path: str = "/") -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap = round_args(__doc__)
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--only", nargs="*", help="targets to measure (default: all)")
     args = ap.parse_args()

@@ -13,7 +13,6 @@ by h2load --h1 with 50 connections), and h2c -> h2c run from the Python source.
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from common import (
     one_route_config,
     pinned,
     print_table,
+    round_args,
     wait_port,
     which,
 )
@@ -66,10 +66,7 @@ def h2load(port: int, seconds: int, clients: int, streams: int, log: Path | None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
+    ap = round_args(__doc__)
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--only", nargs="*", help="targets to measure (default: all)")

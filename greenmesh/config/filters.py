@@ -27,11 +27,11 @@ def type_name(url: str) -> str:
     return url.rsplit("/", 1)[-1]
 
 
-def _kind(r: Reader, name: str | None, typed: Any, config: Any, path: str
+def _kind(r: Reader, name: str | None, typed: Any, tpath: str, config: Any, path: str
           ) -> tuple[str, Any, str] | None:
-    """(type, its settings, their path) of an entry, from its typed config or its name."""
+    """(type, its settings, their path) of an entry, from its typed config (at ``tpath``) or
+    its name."""
     if typed is not None:
-        tpath = join(path, "typed_config")
         if not isinstance(typed, dict) or not isinstance(typed.get("@type"), str):
             r.error(tpath, "expected a mapping with an @type")
             return None
@@ -103,7 +103,8 @@ def http_filter(r: Reader, v: Any, path: str) -> model.HttpFilter | None:
         r.error(path, "give typed_config, or type/config, not both")
         return None
     kind = r.field(obj, path, "type", string, name)
-    found = _kind(r, kind, obj.get("typed_config"), obj.get("config"), path)
+    found = _kind(r, kind, obj.get("typed_config"), join(path, "typed_config"),
+                  obj.get("config"), path)
     if r.failed_since(mark) or found is None or name is None:
         return None
     kind, value, vpath = found
@@ -161,8 +162,9 @@ def _override(r: Reader, name: str, v: Any, path: str) -> model.FilterOverride |
         return None
     optional = False
     typed = v if "@type" in v else None
+    tpath = path
     config = None
-    if typed is not None and type_name(str(typed["@type"])) == FILTER_CONFIG or typed is None:
+    if typed is None or type_name(str(typed["@type"])) == FILTER_CONFIG:
         fc = r.mapping(v, path, ("@type", "type", "config", "disabled", "is_optional"))
         if fc is None:
             return None
@@ -173,18 +175,15 @@ def _override(r: Reader, name: str, v: Any, path: str) -> model.FilterOverride |
             r.error(path, "expected disabled: true or a config")
             return None
         if isinstance(fc["config"], dict) and "@type" in fc["config"]:
-            typed = fc["config"]
-            path = join(path, "config")
+            typed, tpath = fc["config"], join(path, "config")
         else:
             typed, config = None, fc["config"]
             name = r.field(fc, path, "type", string, name) or name
     mark = r.mark()
-    found = _kind(r, name, typed, config, path)
+    found = _kind(r, name, typed, tpath, config, path)
     if found is None:
         return None
     kind, value, vpath = found
-    if typed is not None and kind not in TYPED_STRUCTS:
-        vpath = path
     cls = _filter_type(r, kind, path, optional)
     if cls is None:
         return None

@@ -82,6 +82,12 @@ class Filter:
         self.config = config
 
     @classmethod
+    def create(cls, config: Any) -> Filter:
+        """The instance a chain uses for a config this type parsed (``cls(config)``; a type that
+        stands for another, as ``greenmesh.filters.python``, returns that one)."""
+        return cls(config)
+
+    @classmethod
     def validate(cls, config: Any) -> None:
         """Raises ValueError (its message becomes a config error at the filter's key path) if
         ``config`` will not do; runs when the config is loaded, before any traffic."""

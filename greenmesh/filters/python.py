@@ -46,7 +46,7 @@ class PythonFilter(Filter):
             return None
         return user, config
 
-    @staticmethod
-    def instantiate(config: tuple[type[Filter], dict]) -> Filter:
+    @classmethod
+    def create(cls, config: tuple[type[Filter], dict]) -> Filter:
         user, settings = config
-        return user(settings)
+        return user.create(settings)

@@ -28,7 +28,8 @@ class FilterRegistry:
             for name in cls.type_names:
                 self._types[name] = cls
         self._entry_points = entry_points
-        self._loaded: dict[str, type[Filter] | str] = {}  # entry point -> class, or its error
+        # entry point -> its class, why it does not load, or None: no such entry point
+        self._loaded: dict[str, type[Filter] | str | None] = {}
 
     def register(self, name: str, cls: type[Filter]) -> None:
         """Makes ``cls`` the filter type ``name`` (an embedding application's own filters)."""
@@ -44,8 +45,7 @@ class FilterRegistry:
             return cls
         if kind not in self._loaded:
             self._loaded[kind] = _load_entry_point(kind)
-        found = self._loaded[kind]
-        return found if found != "" else None
+        return self._loaded[kind]
 
     def names(self) -> list[str]:
         return sorted(self._types)
@@ -58,13 +58,13 @@ class FilterRegistry:
         """A filter instance of a type the config loader has already checked."""
         cls = self.get(kind)
         assert isinstance(cls, type), kind
-        return cls.instantiate(config) if hasattr(cls, "instantiate") else cls(config)
+        return cls.create(config)
 
 
-def _load_entry_point(kind: str) -> type[Filter] | str:
+def _load_entry_point(kind: str) -> type[Filter] | str | None:
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
     if not found:
-        return ""
+        return None
     ep = found[0]
     try:
         cls = ep.load()

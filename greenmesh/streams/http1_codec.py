@@ -161,34 +161,32 @@ class _Parser:
         head.keep_alive = p.should_keep_alive()
         head.upgrade = p.should_upgrade()
         head.version = p.get_http_version()
+        hosts = 0
         for name, value in head.headers:
             if name == b"content-length":
                 head.has_length = True
             elif name == b"transfer-encoding":
                 head.chunked = value.lower().endswith(b"chunked")
+            elif name == b"host":
+                hosts += 1
         if self._response:
             head.status = p.get_status_code()
             head.reason = self._reason
         else:
             head.method = p.get_method()
             head.target = self._url
-            self._check_request(head)
+            self._check_request(head.version, hosts)
         self._trailers = []
         self.events.append((HEAD, head))
         if self.head_request and head.status >= 200:
             self.events.append((END, None))
             raise _HeadOnly
 
-    def _check_request(self, head: MessageHead) -> None:
+    def _check_request(self, version: str, hosts: int) -> None:
         """RFC 9112's rules a proxy enforces (Envoy's): HTTP/0.9 has no place in a proxy;
         HTTP/1.0 only where the listener accepts it (Envoy's ``accept_http_10``, else 426); an
-        HTTP/1.1 request has exactly one Host (§3.2)."""
-        version = head.version
+        HTTP/1.1 request has exactly one Host (§3.2; counted in the one pass over the head)."""
         if version == "1.1":
-            hosts = 0
-            for name, _ in head.headers:
-                if name == b"host":
-                    hosts += 1
             if hosts != 1:
                 raise ParseError("missing host header" if not hosts
                                  else "more than one host header", 400)
