@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from greenmesh.mesh import Mesh
 
     logging_setup = configure(args.log_level, args.log_format)
+    _raise_file_limit()
     mesh = Mesh(config, access_log=logging_setup.access_log(), filters=filters)
     # The handlers go in before the listeners accept: a SIGTERM that comes as soon as the first
     # request is answered still drains (it used to find the default action, on a loaded box).
@@ -79,6 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     gevent.spawn(stop_when_asked)
     mesh.wait()
     return 0
+
+
+def _raise_file_limit() -> None:
+    """The soft file limit up to the hard one, as Go programs (MOSN) do at start: the default
+    connection limit is sized from it. Only the CLI does this; an embedded mesh leaves its
+    host's limits alone."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit some kernels refuse as a soft one
+            pass
 
 
 if __name__ == "__main__":

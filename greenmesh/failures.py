@@ -29,6 +29,7 @@ class ResponseFlag(enum.Enum):
     DELAY_INJECTED = "DI"
     FAULT_INJECTED = "FI"
     RATE_LIMITED = "RL"
+    OVERLOAD_MANAGER = "OM"
     # greenmesh's own: a bug in greenmesh ended the request (logged with its traceback).
     INTERNAL_ERROR = "IE"
 

@@ -1,8 +1,15 @@
-"""A gevent StreamServer per listener: one greenlet per connection, protocol picked per config."""
+"""A gevent StreamServer per listener: one greenlet per connection, protocol picked per config.
+
+At a connection limit (the listener's ``max_connections`` or the overload manager's) the
+listener stops accepting until a connection closes: the next ones wait in the kernel's backlog
+instead of being accepted and closed at once, which costs a core and serves nobody.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+import time
+from collections.abc import Callable
+from typing import Any, Final
 
 import gevent
 import structlog
@@ -11,6 +18,7 @@ from gevent.server import StreamServer
 
 from greenmesh import model, tls
 from greenmesh.conn import Conn, ConnError
+from greenmesh.overload import LimitLog, OverloadManager
 from greenmesh.proxy import Proxy
 from greenmesh.stats import Stats
 from greenmesh.streams import Match, Protocol, Registry
@@ -25,8 +33,10 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 
 
 class Listener:
-    def __init__(self, config: model.Listener, registry: Registry, proxy: Proxy, stats: Stats):
+    def __init__(self, config: model.Listener, registry: Registry, proxy: Proxy, stats: Stats,
+                 overload: OverloadManager):
         self.config = config
+        self._overload = overload
         self.registry = registry
         self.proxy = proxy
         self.stats = stats
@@ -41,7 +51,12 @@ class Listener:
         self._servers: set[ServerConnection] = set()
         self._draining = False
         self._server: StreamServer | None = None
+        self._pool = Pool()
         self._prefix = f"listener.{config.name}."
+        self._open = 0  # connections accepted and not yet closed (their greenlet may not run yet)
+        # Since when accepting is stopped at a limit, and the log that said so.
+        self._paused: tuple[float, LimitLog] | None = None
+        self._limit_log = LimitLog()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -53,21 +68,64 @@ class Listener:
 
     def start(self) -> None:
         a = self.config.address
-        self._server = StreamServer((a.host, a.port), self._handle, spawn=Pool(), backlog=1024)
-        self._server.start()
+        server = StreamServer((a.host, a.port), self._handle, spawn=self._spawn, backlog=1024)
+        # Asked before each accept (gevent puts a pool's full() here the same way).
+        server.full = self._full  # type: ignore[method-assign]
+        server.start()
+        self._server = server
         log.info("listener_started", listener=self.config.name, address=str(a),
                  protocol=self.config.protocol)
 
     def _count(self, name: str) -> None:
         self.stats.inc(self._prefix + name)
 
-    def _handle(self, sock, peer) -> None:
-        stats = self.stats
+    def _full(self) -> bool:
+        """At a limit: stop accepting (counted once per pause, warned at most every 10 s)."""
         limit = self.config.max_connections
-        if limit is not None and len(self._conns) >= limit:
-            stats.inc(self._prefix + "downstream_cx_overflow")
-            sock.close()
-            return
+        if limit is not None and self._open >= limit:
+            why, scope, said = ("downstream_cx_overflow", f"listener max_connections {limit}",
+                                self._limit_log)
+        else:
+            overload = self._overload
+            refusal = overload.refusal()
+            if refusal is None:
+                return False
+            why, said = refusal, overload.limit_log  # one limit for all: one voice
+            scope = ("overload_manager stop_accepting_connections"
+                     if refusal == "downstream_cx_overload_reject" else
+                     f"global max_active_downstream_connections {overload.max_connections}")
+            overload.wait(self._resume)
+        self._count(why)
+        if self._paused is None:
+            self._paused = (time.monotonic(), said)
+            said.reached(listener=self.config.name, limit=scope)
+        return True
+
+    def _resume(self) -> None:
+        server = self._server
+        if server is not None and server.started and not self._draining:
+            server.start_accepting()  # asks _full again before it accepts
+
+    def _spawn(self, func: Callable[..., object], /, *args: Any, **kwargs: Any) -> gevent.Greenlet:
+        self._open += 1
+        self._overload.opened()
+        if self._paused is not None:
+            since, said = self._paused
+            self._paused = None
+            said.cleared(listener=self.config.name, paused_s=round(time.monotonic() - since, 3))
+        return self._pool.spawn(func, *args, **kwargs)
+
+    def _handle(self, sock, peer) -> None:
+        try:
+            self._serve(sock, peer)
+        finally:
+            self._open -= 1
+            self._overload.closed()
+            if self._paused is not None:
+                self._resume()
+
+    def _serve(self, sock, peer) -> None:
+        stats = self.stats
         conn = Conn(sock, peer, self.config.idle_timeout)
         self._conns.add(conn)
         stats.inc(self._prefix + "downstream_cx_total")
@@ -141,8 +199,8 @@ class Listener:
             sc.drain()  # idle ones close now; HTTP/2 says GOAWAY; the rest close when done
         for conn in list(self._conns - served):
             conn.close("listener stopped")  # still being told apart: nothing in flight
-        pool = server.pool
-        if pool is not None and not pool.join(timeout=timeout):
+        pool = self._pool
+        if not pool.join(timeout=timeout):
             pool.kill(timeout=1)
         for conn in list(self._conns):
             conn.close("listener stopped")

@@ -19,6 +19,7 @@ from greenmesh.admin import Admin
 from greenmesh.filters.chain import FilterChain
 from greenmesh.filters.registry import FilterRegistry
 from greenmesh.listener import Listener
+from greenmesh.overload import OverloadManager
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
 from greenmesh.stats import Stats
@@ -44,6 +45,7 @@ class Mesh:
         self.filters = filters or FilterRegistry()
         self.stats = Stats()
         self.clusters = ClusterManager(self.registry, self.stats)
+        self.overload = OverloadManager(config.overload, self.stats)
         self._routes: dict[str, RouteTable] = {}
         self.listeners: dict[str, Listener] = {}
         self.admin: Admin | None = None
@@ -64,6 +66,7 @@ class Mesh:
         cfg = self.config
         self.clusters.replace_all(cfg.clusters)
         self.clusters.start()
+        self.overload.start()
         self._routes = {rc.name: RouteTable(rc) for rc in cfg.route_configs}
         try:
             for lc in cfg.listeners:
@@ -80,7 +83,9 @@ class Mesh:
             self.xds.start()
         self.running = True
         self._stopped.clear()
-        log.info("mesh_started", listeners=len(self.listeners), clusters=len(cfg.clusters))
+        log.info("mesh_started", listeners=len(self.listeners), clusters=len(cfg.clusters),
+                 max_downstream_connections=self.overload.max_connections,
+                 connection_limit_from=self.overload.limit_source)
         return self
 
     def stop(self, timeout: float | None = None) -> None:
@@ -97,6 +102,7 @@ class Mesh:
             self.admin.stop()
             self.admin = None
         self.clusters.close()
+        self.overload.stop()
         self._stopped.set()
         log.info("mesh_stopped")
 
@@ -106,8 +112,9 @@ class Mesh:
             if lc.http_filters else None
         proxy = Proxy(lc.name, lambda: self._routes.get(name), self.clusters, self.stats,
                       access_log=self._access_log if lc.access_log else None,
-                      tunnel_idle_timeout=lc.idle_timeout, filters=chain)
-        listener = Listener(lc, self.registry, proxy, self.stats)
+                      tunnel_idle_timeout=lc.idle_timeout, filters=chain,
+                      overload=self.overload)
+        listener = Listener(lc, self.registry, proxy, self.stats, self.overload)
         listener.start()
         self.listeners[lc.name] = listener
         return listener

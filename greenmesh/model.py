@@ -340,6 +340,29 @@ class Xds:
 
 
 @dataclass(frozen=True, slots=True)
+class OverloadAction:
+    """One of Envoy's overload actions, taken while the memory monitor's pressure (resident
+    bytes / ``max_heap_size_bytes``) is at or above ``threshold``."""
+
+    name: str
+    threshold: float
+
+
+@dataclass(frozen=True, slots=True)
+class Overload:
+    """Envoy's overload manager: resource monitors sampled every ``refresh_interval``, and the
+    actions they trigger."""
+
+    refresh_interval: float = 1.0
+    # The fixed_heap monitor: the process's resident memory measured against this.
+    max_heap_size_bytes: int | None = None
+    # Downstream connections open at once over every listener (Envoy's
+    # global_downstream_max_connections); None: sized from the process's file limit at start.
+    max_active_downstream_connections: int | None = None
+    actions: tuple[OverloadAction, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class MeshConfig:
     listeners: tuple[Listener, ...] = ()
     route_configs: tuple[RouteConfig, ...] = ()
@@ -348,3 +371,4 @@ class MeshConfig:
     xds: Xds | None = None
     # Drain time on stop: requests in flight get this long to finish.
     drain_timeout: float = field(default=5.0)
+    overload: Overload = Overload()

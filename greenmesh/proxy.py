@@ -18,6 +18,7 @@ from greenmesh.access_log import AccessLog
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
 from greenmesh.filters.chain import FilterChain, StreamFilters
 from greenmesh.mirror import send_mirror
+from greenmesh.overload import OverloadManager
 from greenmesh.retry import RetryState
 from greenmesh.router import CompiledRoute, RouteTable
 from greenmesh.stats import Stats
@@ -228,8 +229,10 @@ class Proxy:
 
     def __init__(self, listener: str, routes: Callable[[], RouteTable | None],
                  clusters: ClusterManager, stats: Stats, *, access_log: AccessLog | None = None,
-                 tunnel_idle_timeout: float | None = 300.0, filters: FilterChain | None = None):
+                 tunnel_idle_timeout: float | None = 300.0, filters: FilterChain | None = None,
+                 overload: OverloadManager | None = None):
         self.listener = listener
+        self._overload = overload
         self._filters = filters
         self._routes = routes
         self._clusters = clusters
@@ -243,6 +246,12 @@ class Proxy:
         chain = self._filters
         ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
         try:
+            overload = self._overload
+            if overload is not None and overload.active:
+                if not overload.keepalive:
+                    stream.drain_connection()
+                if not overload.accepting_requests:
+                    raise _answer(503, ResponseFlag.OVERLOAD_MANAGER, b"envoy overloaded")
             self._forward(stream, ex)
         except _Answer as a:
             self._local_reply(stream, ex, a.reply)

@@ -14,6 +14,10 @@ class Stats:
     def inc(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
 
+    def set(self, name: str, value: int) -> None:
+        """A gauge (Envoy's gauges and counters share the page)."""
+        self.counters[name] = value
+
     def get(self, name: str) -> int:
         return self.counters.get(name, 0)
 

@@ -19,8 +19,9 @@ def start_mesh(tmp_path):
     """Starts greenmesh with a config; at teardown checks it is still alive and stops cleanly."""
     started: list[Greenmesh] = []
 
-    def start(config: dict, log_level: str = "info", env: dict | None = None) -> Greenmesh:
-        gm = Greenmesh(config, tmp_path / f"gm{len(started)}", log_level, env)
+    def start(config: dict, log_level: str = "info", env: dict | None = None,
+              nofile: int | None = None) -> Greenmesh:
+        gm = Greenmesh(config, tmp_path / f"gm{len(started)}", log_level, env, nofile)
         started.append(gm)
         return gm
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -104,7 +105,8 @@ class Greenmesh:
     ports, rewriting the addresses in ``config`` in place (tests read ports from it)."""
 
     def __init__(self, config: dict, tmp: Path, log_level: str = "info",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, nofile: int | None = None):
+        """``nofile``: the process's file limit (soft and hard), to see what is sized by it."""
         self.config = config
         self.stopped_by_test = False
         tmp.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,9 @@ class Greenmesh:
                                           str(self.path), "--log-format", "json",
                                           "--log-level", log_level],
                                          cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                         env=env)
+                                         env=env, preexec_fn=None if nofile is None else
+                                         lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                    (nofile, nofile)))
             try:
                 for lst in config.get("listeners", []):
                     wait_port(int(lst["address"].rsplit(":", 1)[1]), self.proc)

@@ -192,6 +192,27 @@ def test_control_plane_lost_and_back(cp, start_mesh, ups):
         again.stop()
 
 
+def test_after_reconnects_each_type_is_subscribed_once_per_stream(cp, start_mesh, ups):
+    """Subscriptions of attempts that failed while the control plane was away are not
+    replayed on the stream that finally connects: one request per type, then only ACKs."""
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    cp.stop()
+    assert until(lambda: len([e for e in gm.logs() if e.get("event") == "xds_reconnecting"]) >= 4,
+                 timeout=20)
+    again = ControlPlane(cp.port)
+    try:
+        assert again.wait_for(lambda: again.acks(CDS) and again.acks(LDS), timeout=40)
+        for type_url in (CDS, LDS):
+            subscriptions = [r for r in again.requests
+                             if r.type_url == type_url and not r.response_nonce]
+            assert len(subscriptions) == 1, (type_url, subscriptions)
+            assert subscriptions[0].version_info == ("1" if type_url == CDS else "0")
+    finally:
+        again.stop()
+
+
 def test_listener_and_route_added_and_changed_live(cp, start_mesh, ups):
     gm, port, _ = xds_mesh(start_mesh, cp.port)
     cp.set(CDS, [static_cluster("dyn", ups[0].address)])

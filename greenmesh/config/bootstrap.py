@@ -11,6 +11,7 @@ import yaml
 from greenmesh import model
 from greenmesh.config.clusters import cluster
 from greenmesh.config.listeners import listener
+from greenmesh.config.overload import overload_manager
 from greenmesh.config.reader import (
     INVALID,
     ConfigError,
@@ -27,7 +28,8 @@ from greenmesh.config.routes import route_config
 if TYPE_CHECKING:
     from greenmesh.filters.registry import FilterRegistry
 
-TOP_LEVEL = ("admin", "listeners", "route_configs", "clusters", "drain_timeout", "xds")
+TOP_LEVEL = ("admin", "listeners", "route_configs", "clusters", "drain_timeout", "xds",
+             "overload_manager")
 
 
 def _xds(r: Reader, v: Any, path: str) -> model.Xds | None:
@@ -93,6 +95,7 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None,
     xds = r.section(obj, "", "xds", _xds)
     drain = r.field(obj, "", "drain_timeout", duration,
                     model_default(model.MeshConfig, "drain_timeout"))
+    overload = r.section(obj, "", "overload_manager", overload_manager)
 
     listeners: list[model.Listener | None] = []
     inline: list[tuple[str, model.RouteConfig | None]] = []
@@ -119,7 +122,8 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None,
                             route_configs=tuple(rc for _, rc in route_configs if rc),
                             clusters=tuple(c for c in clusters if c),
                             admin=admin if admin is not INVALID else None, drain_timeout=drain,
-                            xds=xds if xds is not INVALID else None)
+                            xds=xds if xds is not INVALID else None,
+                            overload=overload or model.Overload())
 
 
 def _check_references(r: Reader, obj: dict, xds: model.Xds | None,

@@ -249,6 +249,11 @@ class ServerStream:
     def reset(self, reason: str) -> None:
         """Aborts the response (HTTP/1.1: closes the connection; HTTP/2: RST_STREAM)."""
 
+    @abstractmethod
+    def drain_connection(self) -> None:
+        """Ends the connection after this exchange (HTTP/1.1: ``connection: close``; a
+        multiplexed one drains, HTTP/2 with GOAWAY): keep-alive off under overload."""
+
     @property
     @abstractmethod
     def response_started(self) -> bool: ...

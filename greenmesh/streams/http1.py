@@ -234,6 +234,11 @@ class Http1ServerStream(ServerStream):
         self._w = sc.writer
         self._response_has_body = True
 
+    def drain_connection(self) -> None:
+        sc = self.sc
+        if sc.state is ConnectionState.OPEN:
+            sc.state = ConnectionState.DRAINING
+
     @property
     def reusable(self) -> bool:
         """The connection may carry another request after this one."""

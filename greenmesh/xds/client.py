@@ -139,11 +139,15 @@ class XdsClient:
         request_cls, response_cls, _ = self._messages
         channel = grpc.insecure_channel(f"{self.cfg.server.host}:{self.cfg.server.port}")
         requests: gevent.queue.Queue = gevent.queue.Queue()
+        # Per stream: what a failed stream left unsent (subscriptions, ACKs with its nonces)
+        # dies with it instead of being replayed on the next one.
+        outbox: gevent.queue.Queue = gevent.queue.Queue()
+        self._outbox = outbox
         call = channel.stream_stream(METHOD, request_serializer=request_cls.SerializeToString,
                                      response_deserializer=response_cls.FromString)(
             iter(requests.get, None))
         self._call = call
-        sender = gevent.spawn(self._send_loop, requests)
+        sender = gevent.spawn(self._send_loop, outbox, requests)
         try:
             for type_url, st in self.state.items():
                 if st.wildcard or st.names:
@@ -162,18 +166,25 @@ class XdsClient:
             channel.close()
             self._call = None
 
-    def _send_loop(self, requests: gevent.queue.Queue) -> None:
-        """Owns all outgoing requests: builds each from the per-type state."""
+    def _send_loop(self, outbox: gevent.queue.Queue, requests: gevent.queue.Queue) -> None:
+        """Owns all outgoing requests of one stream: builds each from the per-type state. A
+        subscription that would repeat the last request of its type is not sent: one per type
+        per stream, each answered with the whole state of the world."""
         request_cls, _, status_cls = self._messages
         node = self._node()
+        sent: dict[str, tuple] = {}  # type -> (version, nonce, names) of its last request
         while True:
-            kind, type_url, *rest = self._outbox.get()
+            kind, type_url, *rest = outbox.get()
             st = self.state[type_url]
             error = None
             if kind == "ack":
                 st.version, st.nonce = rest
             elif kind == "nack":
                 st.nonce, error = rest  # the version stays the last accepted one
+            said = (st.version, st.nonce, frozenset(st.names))
+            if kind == "subscribe" and sent.get(type_url) == said:
+                continue
+            sent[type_url] = said
             requests.put(request_cls(
                 node=node, type_url=type_url, version_info=st.version, response_nonce=st.nonce,
                 resource_names=[] if st.wildcard else sorted(st.names),

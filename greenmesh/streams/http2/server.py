@@ -115,6 +115,8 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
                     self.reset_stream(s, ErrorCode.INTERNAL_ERROR)
                 else:
                     self._discard_rest(s)
+                if stream.drain_after:
+                    self.drain()
         finally:
             self.forget(s)
 
@@ -166,7 +168,7 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
 
 class Http2ServerStream(ServerStream):
     __slots__ = ("c", "s", "request", "request_complete", "trailers", "_started", "done",
-                 "_body_done")
+                 "_body_done", "drain_after")
 
     def __init__(self, c: _ServerConnection, s: ShellStream, raw_headers: Headers):
         self.c = c
@@ -183,6 +185,7 @@ class Http2ServerStream(ServerStream):
         self.trailers = None
         self._started = False
         self.done = False
+        self.drain_after = False  # GOAWAY once this stream is over (keep-alive off)
         inbox = s.inbox
         self.request_complete = bool(inbox) and inbox[0][0] == END and inbox[0][1] is None
         if self.request_complete:
@@ -231,6 +234,11 @@ class Http2ServerStream(ServerStream):
     def reset(self, reason: str) -> None:
         self.c.reset_stream(self.s, ErrorCode.INTERNAL_ERROR)
         self.done = True
+
+    def drain_connection(self) -> None:
+        # After the response, not before it: a GOAWAY ahead of a stream's HEADERS is legal,
+        # but some clients (python-h2) stop reading the connection at a GOAWAY.
+        self.drain_after = True
 
     @property
     def response_started(self) -> bool:

@@ -244,6 +244,9 @@ class XServerStream(_WholeFrames, ServerStream):
     def reset(self, reason: str) -> None:
         self.send_local_reply(LocalReply(502, [ResponseFlag.UPSTREAM_CONNECTION_TERMINATION]))
 
+    def drain_connection(self) -> None:
+        self.sc.drain()
+
     @property
     def response_started(self) -> bool:
         return self._done

@@ -1,0 +1,196 @@
+"""Connection limits and the overload manager: at a limit a listener stops accepting (the next
+connections wait in the kernel's backlog) and resumes when one closes; under memory pressure
+the configured actions refuse connections, end keep-alive, refuse requests."""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+
+import pytest
+
+from greenmesh.config import ConfigError, load_dict
+from tests.boltpeer import BoltClient, BoltServer, request
+from tests.h2client import H2Client
+from tests.test_bolt import bolt_config
+from tests.harness import free_port, mesh_config, until
+
+GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+STOP_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"
+NO_KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
+STOP_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
+
+
+def _read_all(s: socket.socket) -> bytes:
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out
+
+
+def _round_trip(s: socket.socket) -> bytes:
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"hello from up1\n"):
+        data += s.recv(65536)
+    return data
+
+
+def _settled(gm, listener: str = "ingress") -> int:
+    """Waits until the harness's readiness probe is gone; returns connections accepted so far."""
+    total = f"listener.{listener}.downstream_cx_total"
+    destroyed = f"listener.{listener}.downstream_cx_destroy"
+    assert until(lambda: (s := gm.stats()).get(total) == s.get(destroyed))
+    return gm.stat(total)
+
+
+def _overload(actions: list[str], max_heap: int = 1) -> dict:
+    """An overload manager whose memory monitor is past every threshold (1 byte of heap)."""
+    return {"refresh_interval": "0.1s",
+            "resource_monitors": [{"name": "envoy.resource_monitors.fixed_heap", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.fixed_heap.v3."
+                         "FixedHeapConfig", "max_heap_size_bytes": max_heap}}],
+            "actions": [{"name": a, "triggers": [{"name": "envoy.resource_monitors.fixed_heap",
+                                                   "threshold": {"value": 0.9}}]}
+                        for a in actions]}
+
+
+def test_a_listener_at_its_limit_stops_accepting_until_a_connection_closes(upstream,
+                                                                           start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={"max_connections": 2}))
+    before = _settled(gm)
+    held = [socket.create_connection(("127.0.0.1", gm.port()), timeout=5) for _ in range(2)]
+    for s in held:
+        assert _round_trip(s).startswith(b"HTTP/1.1 200")
+    extra = socket.create_connection(("127.0.0.1", gm.port()), timeout=5)  # the backlog holds it
+    extra.sendall(GET_CLOSE)
+    assert _round_trip(held[1]).startswith(b"HTTP/1.1 200")  # greenmesh ran after that send
+    assert select.select([extra], [], [], 0)[0] == []  # not accepted, so neither answered...
+    assert gm.stat("listener.ingress.downstream_cx_total") == before + 2  # ...nor closed
+    assert gm.stat("listener.ingress.downstream_cx_overflow") >= 1
+    [warning] = gm.wait_log("connection_limit_reached")
+    assert warning["level"] == "warning" and warning["limit"] == "listener max_connections 2"
+    held[0].close()
+    assert _read_all(extra).startswith(b"HTTP/1.1 200")
+    [cleared] = gm.wait_log("connection_limit_cleared")
+    assert cleared["listener"] == "ingress" and cleared["paused_s"] >= 0
+    held[1].close()
+    extra.close()
+
+
+def test_the_global_limit_counts_every_listener(upstream, start_mesh):
+    cfg = mesh_config([upstream.address])
+    cfg["listeners"].append({**cfg["listeners"][0], "name": "second",
+                             "address": f"127.0.0.1:{free_port()}"})
+    cfg["overload_manager"] = {"resource_monitors": [{
+        "name": "envoy.resource_monitors.global_downstream_max_connections",
+        "typed_config": {"max_active_downstream_connections": 2}}]}
+    gm = start_mesh(cfg)
+    [started] = gm.wait_log("mesh_started")
+    assert started["max_downstream_connections"] == 2
+    _settled(gm)
+    _settled(gm, "second")
+    on_first = socket.create_connection(("127.0.0.1", gm.port(0)), timeout=5)
+    on_second = socket.create_connection(("127.0.0.1", gm.port(1)), timeout=5)
+    assert _round_trip(on_first).startswith(b"HTTP/1.1 200")
+    assert _round_trip(on_second).startswith(b"HTTP/1.1 200")
+    waiting = socket.create_connection(("127.0.0.1", gm.port(0)), timeout=5)
+    waiting.sendall(GET_CLOSE)
+    assert _round_trip(on_first).startswith(b"HTTP/1.1 200")
+    assert select.select([waiting], [], [], 0)[0] == []
+    assert gm.stat("listener.ingress.downstream_global_cx_overflow") >= 1
+    [warning] = gm.wait_log("connection_limit_reached")
+    assert warning["limit"] == "global max_active_downstream_connections 2"
+    on_second.close()  # a place frees on the other listener: this one accepts again
+    assert _read_all(waiting).startswith(b"HTTP/1.1 200")
+    on_first.close()
+    waiting.close()
+
+
+def test_the_default_limit_is_sized_to_the_file_limit_and_said_at_start(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address]), nofile=200)
+    [started] = gm.wait_log("mesh_started")
+    assert started["max_downstream_connections"] == (200 - 64) // 2
+    assert started["connection_limit_from"].startswith("RLIMIT_NOFILE 200")
+
+
+def test_under_memory_pressure_requests_are_refused_and_keepalive_ends(upstream, start_mesh,
+                                                                       ):
+    gm = start_mesh(mesh_config([upstream.address]) |
+                    {"overload_manager": _overload([NO_KEEPALIVE, STOP_REQUESTS])})
+    conn = http.client.HTTPConnection("127.0.0.1", gm.port(), timeout=5)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    assert resp.status == 503 and resp.read() == b"envoy overloaded"
+    assert resp.getheader("connection") == "close"
+    [entry] = gm.access(1)
+    assert entry["flags"] == "OM" and entry["status"] == 503
+    stats = gm.stats()
+    assert stats[f"overload.{STOP_REQUESTS}.active"] == 1
+    assert stats[f"overload.{NO_KEEPALIVE}.active"] == 1
+    assert stats["overload.envoy.resource_monitors.fixed_heap.pressure"] == 100
+    assert any(e.get("action") == STOP_REQUESTS and e["active"]
+               for e in gm.wait_log("overload_action"))
+
+
+def test_keepalive_off_sends_goaway_on_http2_after_the_request(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={"protocol": "http2"}) |
+                    {"overload_manager": _overload([NO_KEEPALIVE])})
+    c = H2Client(gm.port())
+    sid = c.request("GET", "/")
+    c.pump(lambda: c.responses[sid].ended and c.goaway is not None)
+    assert c.responses[sid].status == 200 and bytes(c.responses[sid].body) == b"hello from up1\n"
+    assert c.goaway.last_stream_id == sid
+
+
+def test_keepalive_off_closes_a_bolt_connection_after_its_answer(start_mesh):
+    up = BoltServer()
+    gm = start_mesh(bolt_config(up.address) | {"overload_manager": _overload([NO_KEEPALIVE])})
+    c = BoltClient(gm.port())
+    c.send(request(7, b"x"))
+    [answer] = c.receive(1)
+    assert answer["id"] == 7 and answer["status"] == 0
+    assert c.sock.recv(10) == b""  # then closed: the client opens a new one
+    c.close()
+    up.stop()
+
+
+def test_under_memory_pressure_connections_wait(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address]) |
+                    {"overload_manager": _overload([STOP_CONNECTIONS])})
+    gm.wait_stat("listener.ingress.downstream_cx_overload_reject")
+    s = socket.create_connection(("127.0.0.1", gm.port()), timeout=5)
+    s.sendall(GET_CLOSE)
+    gm.wait_stat("overload.envoy.resource_monitors.fixed_heap.pressure", 100)
+    assert gm.stat(f"overload.{STOP_CONNECTIONS}.active") == 1
+    assert select.select([s], [], [], 0)[0] == []
+    assert gm.stat("listener.ingress.downstream_cx_total") == 0
+    s.close()
+
+
+@pytest.mark.parametrize(("overload", "error"), [
+    ({"resource_monitors": [{"name": "envoy.resource_monitors.injected_resource"}]},
+     "overload_manager.resource_monitors[0].name: expected one of"),
+    ({"resource_monitors": [{"name": "envoy.resource_monitors.fixed_heap",
+                             "typed_config": {"max_heap_size_bytes": -1}}]},
+     "overload_manager.resource_monitors[0].typed_config.max_heap_size_bytes:"),
+    ({"actions": [{"name": STOP_REQUESTS, "triggers": [{
+        "name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 0.9}}]}]},
+     "overload_manager.actions[0].triggers[0].name: envoy.resource_monitors.fixed_heap is not "
+     "among the resource_monitors"),
+    ({**_overload([STOP_REQUESTS]), "actions": [{"name": STOP_REQUESTS, "triggers": [{
+        "name": "envoy.resource_monitors.fixed_heap", "threshold": {"value": 1.5}}]}]},
+     "overload_manager.actions[0].triggers[0].threshold.value: expected a number in (0, 1]"),
+    ({**_overload([STOP_REQUESTS]), "actions": [{"name": STOP_REQUESTS, "triggers": [{
+        "name": "envoy.resource_monitors.fixed_heap", "scaled": {}}]}]},
+     "overload_manager.actions[0].triggers[0].scaled: unknown key"),
+    ({**_overload([]), "actions": [{"name": "envoy.overload_actions.shrink_heap",
+                                    "triggers": [{"name": "envoy.resource_monitors.fixed_heap",
+                                                  "threshold": {"value": 0.5}}]}]},
+     "overload_manager.actions[0].name: expected one of"),
+])
+def test_overload_config_errors_name_their_key(overload, error):
+    with pytest.raises(ConfigError) as e:
+        load_dict({"overload_manager": overload})
+    assert any(line.startswith(error) for line in e.value.errors), e.value.errors
