@@ -311,6 +311,22 @@ HIGH_WATER: Final = 1 << 20
 STALL_TIMEOUT: Final = 300.0
 
 
+def _no_bytes() -> bytes:
+    return b""
+
+
+def _no_backlog() -> int:
+    return 0
+
+
+def _ignore_reason(reason: str) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
 class BatchWriter:
     """One greenlet writes a connection for many producers (multiplexed streams).
 
@@ -325,7 +341,7 @@ class BatchWriter:
     """
 
     __slots__ = ("conn", "_pull", "_backlog", "_stall_timeout", "_on_close", "_wake", "_flushed",
-                 "_close_after", "_greenlet", "_on_wait")
+                 "_close_after", "_greenlet", "_on_wait", "_stopped")
 
     def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None],
                  backlog: Callable[[], int], stall_timeout: float | None = STALL_TIMEOUT,
@@ -340,6 +356,7 @@ class BatchWriter:
         self._flushed.set()
         self._close_after = ""
         self._on_wait = on_wait  # a producer must wait: the peer is slower than we are
+        self._stopped = False
         self._greenlet = gevent.spawn(self._run)
 
     def wake(self) -> None:
@@ -364,7 +381,11 @@ class BatchWriter:
         self._wake.set()
 
     def stop(self) -> None:
-        self._greenlet.kill(block=False)
+        """Ends the writer without flushing (its connection is closed). It returns by itself
+        rather than being killed: a killed greenlet keeps its GreenletExit, whose traceback
+        holds this writer, a cycle only the full collector frees."""
+        self._stopped = True
+        self._wake.set()
 
     def join(self, timeout: float) -> None:
         self._greenlet.join(timeout=timeout)
@@ -377,6 +398,8 @@ class BatchWriter:
             while True:
                 wake.wait()
                 wake.clear()
+                if self._stopped:
+                    return
                 while data := pull():  # more may queue while a write blocks
                     conn.write(data)
                 flushed.set()
@@ -391,3 +414,6 @@ class BatchWriter:
             self._on_close(f"write failed: {err}")
         finally:
             flushed.set()  # nobody waits on a writer that is gone
+            # Its callbacks lead back to the connection that holds this writer: let them go.
+            self._pull, self._backlog = _no_bytes, _no_backlog
+            self._on_close, self._on_wait = _ignore_reason, _nothing

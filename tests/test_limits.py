@@ -13,8 +13,8 @@ import pytest
 from greenmesh.config import ConfigError, load_dict
 from tests.boltpeer import BoltClient, BoltServer, request
 from tests.h2client import H2Client
-from tests.test_bolt import bolt_config
 from tests.harness import free_port, mesh_config, until
+from tests.test_bolt import bolt_config
 
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 STOP_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"

@@ -166,6 +166,12 @@ class _ServerConnection(ServerConnection):
         return events.popleft()
 
     def run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.parser.release()
+
+    def _serve(self) -> None:
         conn = self.conn
         while self.state is ConnectionState.OPEN and not conn.closed:
             try:
@@ -367,6 +373,11 @@ class Http1ClientConnection(ClientConnection):
     def capacity(self) -> int:
         return 1
 
+    def close(self, reason: str) -> None:
+        self.conn.close(reason)
+        if not self.active_streams:  # else its stream releases the parser when it is done
+            self.parser.release()
+
     @property
     def usable(self) -> bool:
         return self.state is ConnectionState.OPEN and not self.conn.closed
@@ -490,6 +501,8 @@ class Http1ClientStream(ClientStream):
                     and cc.usable and self.parser.at_message_boundary)
         self.parser.head_request = False
         cc.active_streams = 0
+        if cc.conn.closed:
+            self.parser.release()
         return cc, reusable
 
     def upgrade(self) -> Tunnel:

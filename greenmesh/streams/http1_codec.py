@@ -236,6 +236,14 @@ class _Parser:
                                  " it)") from None
             raise ParseError(str(parse_err).replace("HPE_", "")) from None
 
+    def release(self) -> None:
+        """Ends the parser with its connection: llhttp holds this object's callbacks and this
+        object holds llhttp, a cycle only the full collector would otherwise free. A feed after
+        this is a parse error, not a crash."""
+        self._p = None
+        if self.error is None:
+            self.error = ParseError("connection closed")
+
     @property
     def at_message_boundary(self) -> bool:
         """Nothing is left over from the last message: no bytes past a head-only response, no

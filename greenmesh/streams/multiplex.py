@@ -63,7 +63,10 @@ class MultiplexServerConnection(ServerConnection):
             if self.state is not ConnectionState.OPEN or len(self._workers) >= MAX_IDLE_WORKERS:
                 return
             self._workers.append(me)
-            serve, args = hub.switch()  # until spawn() hands over a stream
+            work = hub.switch()  # until spawn() hands over a stream, or None: the end
+            if work is None:
+                return
+            serve, args = work
 
     def drain(self) -> None:
         if self.state is not ConnectionState.OPEN:
@@ -86,4 +89,8 @@ class MultiplexServerConnection(ServerConnection):
         if self.handlers:
             gevent.joinall(list(self.handlers), timeout=grace)
         workers, self._workers = self._workers, []
-        gevent.killall([*self.handlers, *workers], block=False)
+        loop = get_hub().loop
+        for worker in workers:  # they end as they would (a kill leaves a GreenletExit whose
+            loop.run_callback(worker.switch, None)  # traceback cycles back to the greenlet)
+        if self.handlers:
+            gevent.killall(list(self.handlers), block=False)

@@ -47,7 +47,13 @@ class Http2ClientConnection(H2Shell, ClientConnection):
         self.active_streams = 0
         self.streams_opened = 0
         self.start()
-        self._reader = gevent.spawn(self.read_loop, None)
+        self._reader = gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        try:
+            self.read_loop(None)
+        finally:
+            self.release()  # closed: its streams have failed and the pool lets it go
 
     @property
     def capacity(self) -> int:

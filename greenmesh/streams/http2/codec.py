@@ -18,6 +18,7 @@ small record of recently closed ids, which says how to answer a late frame.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from greenmesh.streams.http2.frames import (
     ACK,
@@ -49,6 +50,7 @@ from greenmesh.streams.http2.state import (
     Closed,
     ConnectionError_,
     ConnState,
+    Detached,
     Events,
     StreamError_,
     StreamRecord,
@@ -90,10 +92,18 @@ class H2Codec(FrameHandlers):
         self._next_id = 1 if client else 2
         self.goaway_sent: int | None = None  # the last stream id we promised to serve
         self.goaway_received: int | None = None
-        self._handlers = (self._on_data, self._on_headers, self._on_priority,
+        self._handlers: tuple[Callable[[int, int, bytes, int, int], None], ...] = (
+                          self._on_data, self._on_headers, self._on_priority,
                           self._on_rst_stream, self._on_settings, self._on_push_promise,
                           self._on_ping, self._on_goaway, self._on_window_update,
                           self._on_continuation)
+
+    def detach(self) -> None:
+        """The connection has ended: the events go nowhere and the frame handlers (bound
+        methods, so a cycle through this codec) are let go."""
+        self.events = Detached()
+        self._handlers = ()
+        self.state = ConnState.CLOSED
 
     # -- output ------------------------------------------------------------------------------
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes | memoryview = b"") -> None:

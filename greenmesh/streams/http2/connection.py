@@ -234,6 +234,14 @@ class H2Shell:
         self.conn.close(reason)
         self.wake_writer()  # so the writer sees the close and ends
 
+    def release(self) -> None:
+        """Once the connection has ended and its streams with it: the codec stops calling into
+        this shell and the writer's callbacks are let go, so the connection's memory returns
+        when its last reference goes, not at the next full collection."""
+        self.codec.detach()
+        self._writer = None
+        self.streams.clear()
+
     def _reset_error(self, s: ShellStream) -> StreamError:
         code = error_name(s.reset_code) if s.reset_code is not None else "connection closed"
         message = f"{self.side} stream reset ({code})"
@@ -302,6 +310,7 @@ class H2Shell:
         """The stream is done: the codec forgets it (resetting it if it is still open) and its
         unread data goes back into the connection window."""
         self.streams.pop(s.id, None)
+        s.on_reset = None  # its exchange, which holds the stream that holds this record
         if not self.closed:
             unread = sum(len(item[1]) for item in s.inbox if item[0] == DATA)
             self.codec.release(s.id, unread)

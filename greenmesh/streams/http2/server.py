@@ -164,6 +164,7 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
             # Every stream has been failed (its upstream request cancelled): let them end as
             # they do, with their access log lines, before killing what is left.
             self.finish_handlers()
+            self.release()
 
 
 class Http2ServerStream(ServerStream):

@@ -76,6 +76,34 @@ class Events(Protocol):
         """A stream the shell never saw was reset (malformed, over the limit, draining)."""
 
 
+class Detached:
+    """The events of a codec whose connection has ended: nobody listens any more."""
+
+    def on_headers(self, sid: int, headers: Headers, end_stream: bool) -> None:
+        pass
+
+    def on_trailers(self, sid: int, headers: Headers) -> None:
+        pass
+
+    def on_data(self, sid: int, data: bytes, end_stream: bool) -> None:
+        pass
+
+    def on_reset(self, sid: int, code: int, remote: bool) -> None:
+        pass
+
+    def on_window(self, sid: int) -> None:
+        pass
+
+    def on_settings(self) -> None:
+        pass
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        pass
+
+    def on_refused(self, sid: int, code: int, reason: str) -> None:
+        pass
+
+
 class StreamRecord:
     __slots__ = ("id", "state", "send_window", "recv_window", "unacked", "expected",
                  "received", "final", "head", "closed_by")

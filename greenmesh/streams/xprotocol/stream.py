@@ -288,6 +288,7 @@ class XClientConnection(ClientConnection):
         self._last_read = time.monotonic()
         self._probe: int | None = None
         self.writer = _WriteQueue(conn, self.close)
+        self._closed = Event()
         self._reader = gevent.spawn(self._read_loop)
         self._keeper = gevent.spawn(self._keepalive_loop)
 
@@ -339,7 +340,8 @@ class XClientConnection(ClientConnection):
     def _keepalive_loop(self) -> None:
         interval = self.keepalive
         while self.state is ConnectionState.OPEN:
-            gevent.sleep(interval)
+            if self._closed.wait(interval):  # set on close: ends without a kill
+                return
             if self._probe is not None:  # the last probe got no answer in a whole interval
                 self.close("heartbeat unanswered")
                 return
@@ -353,9 +355,7 @@ class XClientConnection(ClientConnection):
         self.state = ConnectionState.CLOSED
         self.conn.close(reason)
         self.writer.stop()
-        self._keeper.kill(block=False)
-        if gevent.getcurrent() is not self._reader:
-            self._reader.kill(block=False)
+        self._closed.set()  # the reader ends too: its read fails on the closed socket
         for stream in list(self.in_flight.values()):
             stream.result.set(None)
         self.in_flight.clear()
