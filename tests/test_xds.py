@@ -409,6 +409,21 @@ def test_undecodable_resource_is_the_control_planes_error(cp, start_mesh, ups):
     assert "xds_internal_error" not in [e["event"] for e in gm.logs()]
 
 
+def test_undecodable_endpoints_are_the_control_planes_error_too(cp, start_mesh, ups):
+    """Found by fuzzing: the EDS fast path raised on bytes that do not decode, so a broken
+    ClusterLoadAssignment was NACKed as greenmesh's internal error."""
+    gm, port, _ = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [eds_cluster("dyn")])
+    cp.set(EDS, [cla("dyn", ups[0].address)])
+    assert until(lambda: get(port) == (200, "up1"))
+    cp.set_packed(EDS, {"dyn": Any(type_url=EDS, value=b"-\\\x05XF9\r\n\r\n\r\n-\xab")})
+    assert cp.wait_for(lambda: cp.nacks(EDS))
+    assert "does not decode as type.googleapis.com/envoy.config.endpoint.v3." \
+        "ClusterLoadAssignment" in cp.nacks(EDS)[0].error_detail.message
+    assert get(port) == (200, "up1")
+    assert "xds_internal_error" not in [e["event"] for e in gm.logs()]
+
+
 INTERNAL_BUG = """
 import sys
 from gevent import monkey

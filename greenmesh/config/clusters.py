@@ -53,7 +53,7 @@ _OWN_KEYS = ("protocol", "endpoints", "tls", "idle_timeout", "max_concurrent_str
 
 def _lb_policy(value: Any) -> str:
     """greenmesh's names (``round_robin``) or Envoy's (``ROUND_ROBIN``)."""
-    name = value.lower() if isinstance(value, str) else value
+    name = value.lower() if isinstance(value, str) else None
     if name not in POLICIES:
         raise Invalid(f"expected one of {', '.join(POLICIES)}")
     return name
@@ -69,7 +69,7 @@ def cluster(r: Reader, v: Any, path: str) -> model.Cluster | None:
                                                   "max_concurrent_streams", "keepalive_interval"))
     name = r.field(obj, path, "name", string)
     kind = obj.get("type", "STATIC")
-    if kind not in _DISCOVERY:
+    if not isinstance(kind, str) or kind not in _DISCOVERY:
         r.error(join(path, "type"), f"{kind} is not supported" if not r.strict else
                 f"expected one of {', '.join(_DISCOVERY)}")
     lb = "round_robin"

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from greenmesh import model
 from greenmesh.config.clusters import SKIPPED_HEALTH
@@ -114,7 +115,16 @@ def load_assignment(raw: bytes, pause: Callable[[], None] = lambda: None
     """(cluster name, endpoints) of an encoded ClusterLoadAssignment, or None when it sets
     anything beyond addresses, weights and health (the full path handles that). ``pause`` is
     called for every endpoint (a Slicer's tick), so traffic is not stalled meanwhile."""
-    cla = _cla_class().FromString(raw)
+    try:
+        cla = _cla_class().FromString(raw)
+    except DecodeError:  # the full path says what is wrong with it, as the control plane's error
+        return None
+    # A field on the wire in another shape than the schema's is kept as unknown, and
+    # ListFields() would not show it: anything dropped here shrinks the message, so the full
+    # path takes it (as it does a non-canonical encoding, which is merely slower).
+    cla.DiscardUnknownFields()
+    if cla.ByteSize() != len(raw):
+        return None
     if not _only(cla, "ClusterLoadAssignment"):
         return None
     out: list[model.Endpoint] = []
