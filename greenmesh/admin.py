@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 from typing import TYPE_CHECKING
 
+import greenlet
 from gevent.pywsgi import WSGIServer
+
+from greenmesh.overload import resident_bytes
 
 if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
+
+
+def _server_gauges(mesh: Mesh) -> None:
+    """Envoy's server.* gauges, measured when asked: what a soak watches for leaks."""
+    stats = mesh.stats
+    stats.set("server.memory_resident_bytes", resident_bytes())
+    stats.set("server.total_connections", mesh.overload.connections)
+    stats.set("server.live_greenlets", sum(
+        1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet) and not o.dead))
 
 
 def _health_flags(host) -> str:
@@ -47,6 +60,7 @@ class Admin:
             status, body = ("200 OK", "LIVE\n") if mesh.running else ("503 Service Unavailable",
                                                                          "DRAINING\n")
         elif path == "/stats":
+            _server_gauges(mesh)
             status, body = "200 OK", mesh.stats.render()
         elif path == "/clusters":
             lines = []

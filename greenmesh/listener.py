@@ -140,6 +140,9 @@ class Listener:
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
                                      idle_timeout=self.config.idle_timeout, count=self._count,
                                      accept_http10=self.config.accept_http_10,
+                                     max_headers=self.config.max_headers_count,
+                                     request_headers_timeout=self.config.request_headers_timeout,
+                                     max_concurrent_streams=self.config.max_concurrent_streams,
                                      rejected=self.proxy.rejected)
                 sc = protocol.server(conn, opts, self.proxy.handle)
                 self._servers.add(sc)

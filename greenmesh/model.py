@@ -310,6 +310,14 @@ class Listener:
     max_connections: int | None = None
     # Bytes of request line plus headers before the request is refused with 431 (Envoy: 60 KiB).
     max_request_headers_kb: int = 60
+    # Header fields in a request head before 431 (Envoy's max_headers_count).
+    max_headers_count: int = 100
+    # From a request's first byte to the end of its head (slowloris): then 408 and close
+    # (Envoy's request_headers_timeout, which Envoy leaves off; a proxy facing clients wants it).
+    request_headers_timeout: float | None = 60.0
+    # Streams open at once on one downstream HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS),
+    # requests in flight on one bolt connection (past it the connection is not read).
+    max_concurrent_streams: int = 100
     idle_timeout: float = 300.0
     access_log: bool = True
     tls: TlsServer | None = None

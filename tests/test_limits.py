@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import select
 import socket
+import threading
 
 import pytest
 
@@ -167,6 +168,100 @@ def test_under_memory_pressure_connections_wait(upstream, start_mesh):
     assert select.select([s], [], [], 0)[0] == []
     assert gm.stat("listener.ingress.downstream_cx_total") == 0
     s.close()
+
+
+def test_max_headers_count_answers_431_on_http1_and_on_the_http2_stream(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={"max_headers_count": 5}))
+    five = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(4))
+    assert _read_all_of(gm.port(), five + b"Connection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 431")  # Connection makes six
+    assert _read_all_of(gm.port(), five[:-8] + b"Connection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 200")
+    h2 = start_mesh(mesh_config([upstream.address], listener={
+        "protocol": "http2", "max_headers_count": 5}))
+    c = H2Client(h2.port())
+    over = c.request("GET", "/", headers=[(f"x-{i}", "1") for i in range(6)])
+    ok = c.request("GET", "/", headers=[(f"x-{i}", "1") for i in range(5)])
+    c.pump(lambda: c.responses[over].ended and c.responses[ok].ended)
+    assert (c.responses[over].status, c.responses[ok].status) == (431, 200)
+
+
+def _read_all_of(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        return _read_all(s)
+
+
+def test_a_head_sent_too_slowly_gets_408(upstream, start_mesh):
+    """Slowloris: a byte every 50 ms keeps the connection from being idle, but the head must be
+    complete within request_headers_timeout."""
+    gm = start_mesh(mesh_config([upstream.address], listener={"request_headers_timeout": "0.5s"}))
+    s = socket.create_connection(("127.0.0.1", gm.port()), timeout=10)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+            if stop.wait(0.05):
+                return
+            try:
+                s.send(bytes([b]))
+            except OSError:
+                return
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        answer = _read_all(s)
+    finally:
+        stop.set()
+        t.join()
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"request headers timeout" in answer
+    [entry] = gm.access(1)
+    assert entry["status"] == 408 and entry["flags"] == "DPE"
+
+
+def test_max_concurrent_streams_is_what_http2_clients_are_told(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={
+        "protocol": "http2", "max_concurrent_streams": 2}))
+    c = H2Client(gm.port())
+    sid = c.request("GET", "/")
+    c.pump(lambda: c.responses[sid].ended)
+    assert c.h2.remote_settings.max_concurrent_streams == 2
+
+
+def test_a_bolt_connection_is_not_read_past_max_concurrent_streams(start_mesh):
+    up = BoltServer()
+    gm = start_mesh(bolt_config(up.address, listener={"max_concurrent_streams": 2}))
+    c = BoltClient(gm.port())
+    c.send(request(1, b"sleep:0.3:a") + request(2, b"sleep:0.3:b") + request(3, b"quick"))
+    order = [f["id"] for f in c.receive(3)]
+    assert sorted(order) == [1, 2, 3] and order[0] != 3  # 3 waited for a place
+    c.close()
+    up.stop()
+
+
+def test_limits_read_from_envoys_connection_manager():
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network."
+                    "http_connection_manager.v3.HttpConnectionManager",
+           "rds": {"route_config_name": "r", "config_source": {"ads": {}}},
+           "request_headers_timeout": "0s", "common_http_protocol_options": {
+               "max_headers_count": 50}, "http2_protocol_options": {"max_concurrent_streams": 7}}
+    config = load_dict({"xds": {"server": "127.0.0.1:1", "node": {"id": "n"}}, "listeners": [{
+        "name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}]})
+    [lst] = config.listeners
+    assert (lst.max_headers_count, lst.request_headers_timeout, lst.max_concurrent_streams) == \
+        (50, None, 7)  # 0s: off, as Envoy
+    assert load_dict({}).listeners == ()
+    defaults = load_dict({"listeners": [{"name": "d", "address": "127.0.0.1:1",
+                                         "route_config": "r"}],
+                          "route_configs": [{"name": "r", "virtual_hosts": [{
+                              "name": "v", "domains": ["*"], "routes": [{
+                                  "match": {"prefix": "/"},
+                                  "direct_response": {"status": 200}}]}]}]}).listeners[0]
+    assert (defaults.max_headers_count, defaults.request_headers_timeout,
+            defaults.max_concurrent_streams, defaults.max_connections) == (100, 60.0, 100, None)
 
 
 @pytest.mark.parametrize(("overload", "error"), [

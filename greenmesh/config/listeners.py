@@ -23,6 +23,7 @@ from greenmesh.config.reader import (
     join,
     model_default,
     one_of,
+    optional_duration,
     own_settings,
     positive,
     string,
@@ -36,7 +37,8 @@ HCM_NAME = "envoy.filters.network.http_connection_manager"
 _INSPECTORS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
 _CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
 _OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log",
-        "accept_http_10")
+        "accept_http_10", "max_headers_count", "request_headers_timeout",
+        "max_concurrent_streams")
 
 
 def listener(r: Reader, v: Any, path: str
@@ -79,7 +81,9 @@ def listener(r: Reader, v: Any, path: str
                                      one_of((*r.protocols, "auto")), "http1")
     for key, convert in (("max_connections", positive), ("max_request_headers_kb", positive),
                          ("idle_timeout", duration), ("access_log", boolean),
-                         ("accept_http_10", boolean)):
+                         ("accept_http_10", boolean), ("max_headers_count", positive),
+                         ("request_headers_timeout", optional_duration),
+                         ("max_concurrent_streams", positive)):
         if key not in values or key in own:
             src, src_path = own.get(key, (obj, path))
             values[key] = r.field(src, src_path, key, convert,
@@ -124,7 +128,7 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
     hcm = typed(r, v, path, "HttpConnectionManager",
                 ("codec_type", "stat_prefix", "rds", "route_config", "http_filters",
                  "max_request_headers_kb", "common_http_protocol_options",
-                 "http_protocol_options"),
+                 "http_protocol_options", "http2_protocol_options", "request_headers_timeout"),
                 refuse=("scoped_routes",))
     if hcm is None:
         return None
@@ -137,6 +141,15 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
     values["http_filters"] = http_filters(r, hcm, path)
     if hcm.get("max_request_headers_kb") is not None:
         values["max_request_headers_kb"] = r.field(hcm, path, "max_request_headers_kb", positive)
+    if hcm.get("request_headers_timeout") is not None:
+        values["request_headers_timeout"] = r.field(hcm, path, "request_headers_timeout",
+                                                    optional_duration)
+    if hcm.get("http2_protocol_options") is not None:
+        h2path = join(path, "http2_protocol_options")
+        h2 = r.mapping(hcm["http2_protocol_options"], h2path, ("max_concurrent_streams",))
+        if h2 is not None and h2.get("max_concurrent_streams") is not None:
+            values["max_concurrent_streams"] = r.field(h2, h2path, "max_concurrent_streams",
+                                                       positive)
     if hcm.get("http_protocol_options") is not None:
         hpath = join(path, "http_protocol_options")
         h = r.mapping(hcm["http_protocol_options"], hpath, ("accept_http_10",))
@@ -144,9 +157,11 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
             values["accept_http_10"] = r.field(h, hpath, "accept_http_10", boolean)
     if hcm.get("common_http_protocol_options") is not None:
         opath = join(path, "common_http_protocol_options")
-        o = r.mapping(hcm["common_http_protocol_options"], opath, ("idle_timeout",))
-        if o is not None and o.get("idle_timeout") is not None:
-            values["idle_timeout"] = r.field(o, opath, "idle_timeout", duration)
+        o = r.mapping(hcm["common_http_protocol_options"], opath,
+                      ("idle_timeout", "max_headers_count"))
+        for key, convert in (("idle_timeout", duration), ("max_headers_count", positive)):
+            if o is not None and o.get(key) is not None:
+                values[key] = r.field(o, opath, key, convert)
     if (hcm.get("rds") is None) == (hcm.get("route_config") is None):
         r.error(path, "expected rds or route_config")
         return None

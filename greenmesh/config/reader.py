@@ -198,6 +198,11 @@ def duration(value: Any) -> float:
     raise Invalid("expected a duration such as 15s or 250ms")
 
 
+def optional_duration(value: Any) -> float | None:
+    """A limit's duration, where 0 turns it off (Envoy's convention)."""
+    return duration(value) or None
+
+
 def port(value: Any) -> int:
     value = integer(value)
     if not 0 <= value <= 65535:

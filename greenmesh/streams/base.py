@@ -378,6 +378,12 @@ class ServerOptions:
     scheme: bytes = b"http"
     #: HTTP/1.0 requests are served (Envoy's ``accept_http_10``; else 426).
     accept_http10: bool = False
+    #: Header fields in a request head before 431.
+    max_headers: int = 100
+    #: From a request's first byte to the end of its head, then 408 (None: no limit).
+    request_headers_timeout: float | None = None
+    #: Streams (HTTP/2) or requests in flight (RPC) at once on the connection.
+    max_concurrent_streams: int = 100
     #: Counts a listener stat (``downstream_flow_control_paused_reading_total``...).
     count: Callable[[str], None] = lambda name: None
     #: A request the codec answered itself, never a stream (400, 431...): ``(status, method,

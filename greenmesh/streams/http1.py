@@ -7,6 +7,7 @@ read until that queue is drained, which bounds memory.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -121,15 +122,17 @@ class _ServerConnection(ServerConnection):
     HTTP/1.0, a body left unread, or the listener drains."""
 
     __slots__ = ("conn", "opts", "handler", "parser", "events", "peer_ip", "writer", "state",
-                 "current", "served")
+                 "current", "served", "_head_deadline")
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         self.conn = conn
         self.writer = _MessageWriter(conn, DownstreamError, "downstream")
         self.opts = opts
         self.handler = handler
-        self.parser = request_parser(opts.max_header_bytes, opts.accept_http10)
+        self.parser = request_parser(opts.max_header_bytes, opts.accept_http10, opts.max_headers)
         self.events = self.parser.events
+        # When the head of the request being received must be complete (request_headers_timeout).
+        self._head_deadline: float | None = None
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
         self.state = ConnectionState.OPEN
         self.current: Http1ServerStream | None = None
@@ -157,13 +160,31 @@ class _ServerConnection(ServerConnection):
                 raise self.parser.error
             if not block:
                 return WOULD_BLOCK
+            timeout = self.opts.idle_timeout
+            deadline = self._head_deadline if self.current is None else None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ParseError("request headers timeout", 408)
+                timeout = left if timeout is None else min(timeout, left)
             # After an answer, the client's next request comes once it has read ours.
-            data = self.conn.read(self.opts.idle_timeout,
-                                  wait_first=self.current is None and self.served > 0)
+            try:
+                data = self.conn.read(timeout,
+                                      wait_first=self.current is None and self.served > 0)
+            except ConnTimeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ParseError("request headers timeout", 408) from None
+                raise
             if not data:
                 return None
+            limit = self.opts.request_headers_timeout
+            if self.current is None and self._head_deadline is None and limit is not None:
+                self._head_deadline = time.monotonic() + limit  # a head has begun
             self.parser.feed(data)
-        return events.popleft()
+        ev = events.popleft()
+        if ev[0] == HEAD:
+            self._head_deadline = None
+        return ev
 
     def run(self) -> None:
         try:

@@ -95,11 +95,12 @@ class _Parser:
 
     __slots__ = ("_p", "_response", "_limit", "events", "_head", "_size", "_trailers", "_url",
                  "_reason", "_too_large", "upgrade_data", "head_request", "clean_stop", "error",
-                 "_accept_http10")
+                 "_accept_http10", "_max_headers")
 
     def __init__(self, response: bool, max_header_bytes: int = 60 * 1024,
-                 accept_http10: bool = False):
+                 accept_http10: bool = False, max_headers: int = MAX_HEADERS):
         self._response = response
+        self._max_headers = max_headers
         self._limit = max_header_bytes
         self._accept_http10 = accept_http10
         self.events = EventQueue()
@@ -144,8 +145,8 @@ class _Parser:
             return
         assert self._head is not None  # llhttp calls on_message_begin first
         headers = self._head.headers
-        if len(headers) >= MAX_HEADERS:
-            self._too_large = f"more than {MAX_HEADERS} headers"
+        if len(headers) >= self._max_headers:
+            self._too_large = f"more than {self._max_headers} headers"
             raise ParseError(self._too_large, 431)
         headers.append((name.lower(), value))
 
@@ -260,9 +261,10 @@ class _Parser:
             return True
         return False
 
-def request_parser(max_header_bytes: int, accept_http10: bool = False) -> _Parser:
+def request_parser(max_header_bytes: int, accept_http10: bool = False,
+                   max_headers: int = MAX_HEADERS) -> _Parser:
     return _Parser(response=False, max_header_bytes=max_header_bytes,
-                   accept_http10=accept_http10)
+                   accept_http10=accept_http10, max_headers=max_headers)
 
 
 def response_parser() -> _Parser:

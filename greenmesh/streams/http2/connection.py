@@ -46,7 +46,9 @@ CONNECTION_WINDOW: Final = 16 << 20
 HEAD: Final = 0
 DATA: Final = 1
 END: Final = 2
-MAX_HEADERS: Final = 100  # Envoy's max_headers_count, pseudo-headers included
+# A request's pseudo-headers, beside the max_headers_count regular fields it may have (HTTP/1.1
+# counts regular fields only: the same limit reads the same on both).
+PSEUDO_HEADERS: Final = 4
 # Envoy's premature-reset defaults (overload protection against rapid reset).
 PREMATURE_RESET_SECONDS: Final = 1.0
 PREMATURE_RESET_STREAMS: Final = 500
@@ -98,9 +100,10 @@ class H2Shell:
     side = ""
     error: type[StreamError] = StreamResetError
 
-    def __init__(self, conn: Conn, client_side: bool, max_header_bytes: int | None = None):
+    def __init__(self, conn: Conn, client_side: bool, max_header_bytes: int | None = None,
+                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS):
         self.conn = conn
-        self.codec = H2Codec(self, client_side, max_concurrent_streams=MAX_CONCURRENT_STREAMS,
+        self.codec = H2Codec(self, client_side, max_concurrent_streams=max_concurrent_streams,
                              stream_window=STREAM_WINDOW, connection_window=CONNECTION_WINDOW,
                              max_header_list_size=max_header_bytes)
         self.streams: dict[int, ShellStream] = {}

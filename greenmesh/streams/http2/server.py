@@ -28,9 +28,9 @@ from greenmesh.streams.http2.connection import (
     DISCARD_BYTES,
     DISCARD_SECONDS,
     END,
-    MAX_HEADERS,
     PREMATURE_RESET_SECONDS,
     PREMATURE_RESET_STREAMS,
+    PSEUDO_HEADERS,
     H2Shell,
     ShellStream,
     header_list_size,
@@ -51,7 +51,7 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
     error = DownstreamError
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
-        H2Shell.__init__(self, conn, False, opts.max_header_bytes)
+        H2Shell.__init__(self, conn, False, opts.max_header_bytes, opts.max_concurrent_streams)
         MultiplexServerConnection.__init__(self, conn, opts, handler)
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
         self.opened = 0
@@ -100,7 +100,8 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
         try:
             if s.reset_code is not None:  # reset by the peer before its turn came: nothing to do
                 return
-            if len(headers) > MAX_HEADERS or header_list_size(headers) > self.opts.max_header_bytes:
+            if len(headers) > self.opts.max_headers + PSEUDO_HEADERS or \
+                    header_list_size(headers) > self.opts.max_header_bytes:
                 self._refuse_oversized(s, len(headers))
                 return
             stream = Http2ServerStream(self, s, headers)

@@ -88,6 +88,7 @@ class _ServerConnection(MultiplexServerConnection):
         self.writer = _WriteQueue(conn, self.close, opts.idle_timeout)
         self._paused = lambda: opts.count("downstream_flow_control_paused_reading_total")
         self.inflight_bytes = 0  # of the requests being served
+        self.inflight = 0  # requests being served
         self._room = Event()
 
     def close(self, reason: str) -> None:
@@ -115,6 +116,10 @@ class _ServerConnection(MultiplexServerConnection):
                         return
                     if frame is None:
                         break
+                    limit = self.opts.max_concurrent_streams
+                    while self.inflight >= limit and not conn.closed:
+                        self._room.clear()  # max_concurrent_streams in flight: read no more
+                        self._room.wait()
                     self._dispatch(frame)
                 del buf[:offset]
                 if self.writer.backed_up or self.inflight_bytes > HIGH_WATER:
@@ -148,6 +153,7 @@ class _ServerConnection(MultiplexServerConnection):
             self.writer.send(self.codec.heartbeat_reply(frame))
             return
         self.inflight_bytes += len(frame.raw)
+        self.inflight += 1
         self.spawn(self._serve, frame)
 
     def _serve(self, frame: XFrame) -> None:
@@ -155,6 +161,7 @@ class _ServerConnection(MultiplexServerConnection):
             self.handler(XServerStream(self, frame))
         finally:
             self.inflight_bytes -= len(frame.raw)
+            self.inflight -= 1
             if self.inflight_bytes <= HIGH_WATER:
                 self._room.set()
 
