@@ -90,10 +90,7 @@ class Listener:
             refusal = overload.refusal()
             if refusal is None:
                 return False
-            why, said = refusal, overload.limit_log  # one limit for all: one voice
-            scope = ("overload_manager stop_accepting_connections"
-                     if refusal == "downstream_cx_overload_reject" else
-                     f"global max_active_downstream_connections {overload.max_connections}")
+            (why, scope), said = refusal, overload.limit_log  # one limit for all: one voice
             overload.wait(self._resume)
         self._count(why)
         if self._paused is None:

@@ -111,12 +111,14 @@ class OverloadManager:
             self._monitor = None
         self._waiting.clear()
 
-    def refusal(self) -> str | None:
-        """Why a listener must not accept now (the listener stat it counts), or None."""
+    def refusal(self) -> tuple[str, str] | None:
+        """Why a listener must not accept now: the listener stat it counts and the limit in
+        words; None when it may."""
         if not self.accepting_connections:
-            return "downstream_cx_overload_reject"
+            return "downstream_cx_overload_reject", "overload_manager stop_accepting_connections"
         if self.connections >= self.max_connections:
-            return "downstream_global_cx_overflow"
+            return ("downstream_global_cx_overflow",
+                    f"global max_active_downstream_connections {self.max_connections}")
         return None
 
     def wait(self, resume: Callable[[], None]) -> None:

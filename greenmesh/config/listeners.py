@@ -122,6 +122,16 @@ def _filter_chain(r: Reader, obj: dict, path: str, own: dict[str, tuple[dict, st
     return inline, tls
 
 
+# The connection manager's fields that set a listener's own settings: (options message, or ""
+# for the manager itself; field, spelled as the listener's; converter).
+_HCM_SETTINGS = (("", "max_request_headers_kb", positive),
+                 ("", "request_headers_timeout", optional_duration),
+                 ("http_protocol_options", "accept_http_10", boolean),
+                 ("http2_protocol_options", "max_concurrent_streams", positive),
+                 ("common_http_protocol_options", "idle_timeout", duration),
+                 ("common_http_protocol_options", "max_headers_count", positive))
+
+
 def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
          values: dict[str, Any]) -> model.RouteConfig | None:
     """Envoy's HttpConnectionManager: codec, routes (RDS or inline), header limits."""
@@ -139,29 +149,16 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
     elif "protocol" not in own and codec is not None:
         values["protocol"] = _CODECS[codec]
     values["http_filters"] = http_filters(r, hcm, path)
-    if hcm.get("max_request_headers_kb") is not None:
-        values["max_request_headers_kb"] = r.field(hcm, path, "max_request_headers_kb", positive)
-    if hcm.get("request_headers_timeout") is not None:
-        values["request_headers_timeout"] = r.field(hcm, path, "request_headers_timeout",
-                                                    optional_duration)
-    if hcm.get("http2_protocol_options") is not None:
-        h2path = join(path, "http2_protocol_options")
-        h2 = r.mapping(hcm["http2_protocol_options"], h2path, ("max_concurrent_streams",))
-        if h2 is not None and h2.get("max_concurrent_streams") is not None:
-            values["max_concurrent_streams"] = r.field(h2, h2path, "max_concurrent_streams",
-                                                       positive)
-    if hcm.get("http_protocol_options") is not None:
-        hpath = join(path, "http_protocol_options")
-        h = r.mapping(hcm["http_protocol_options"], hpath, ("accept_http_10",))
-        if h is not None and h.get("accept_http_10") is not None:
-            values["accept_http_10"] = r.field(h, hpath, "accept_http_10", boolean)
-    if hcm.get("common_http_protocol_options") is not None:
-        opath = join(path, "common_http_protocol_options")
-        o = r.mapping(hcm["common_http_protocol_options"], opath,
-                      ("idle_timeout", "max_headers_count"))
-        for key, convert in (("idle_timeout", duration), ("max_headers_count", positive)):
-            if o is not None and o.get(key) is not None:
-                values[key] = r.field(o, opath, key, convert)
+    where = {"": (hcm, path)}  # each options message given, with its path
+    for section in dict.fromkeys(s for s, _, _ in _HCM_SETTINGS if s and hcm.get(s) is not None):
+        spath = join(path, section)
+        m = r.mapping(hcm[section], spath, [k for s, k, _ in _HCM_SETTINGS if s == section])
+        if m is not None:
+            where[section] = (m, spath)
+    for section, key, convert in _HCM_SETTINGS:
+        given = where.get(section)
+        if given is not None and given[0].get(key) is not None:
+            values[key] = r.field(given[0], given[1], key, convert)
     if (hcm.get("rds") is None) == (hcm.get("route_config") is None):
         r.error(path, "expected rds or route_config")
         return None
