@@ -10,6 +10,12 @@ log on), each pinned to core 1, and each case on a fresh process:
   connections held open beside it: req/s both ways, and RSS;
 - c1000: wrk -t1 -c1000 for S seconds at once on a fresh process (no warm-up: the cold start
   counts), then wrk -c50 on the same process: req/s, p50, p99, timeouts and errors of each.
+- at the limit (greenmesh): its global connection limit set to N + 25, N idle connections
+  held, then wrk -c50: 25 of wrk's connections are served and 25 wait in the kernel's backlog
+  (greenmesh stops accepting rather than accepting and closing): req/s and greenmesh's CPU.
+
+greenmesh's global connection limit is set to N + 1000 for the held case (its default, half
+the file limit, may be under N on a machine whose hard file limit is 20,000).
 
     .venv/bin/python bench/scale.py [--seconds S] [--held N]
 """
@@ -31,6 +37,7 @@ from common import (
     MOSN,
     RESULTS,
     ROOT,
+    cpu_seconds,
     free_port,
     greenmesh,
     mosn,
@@ -76,6 +83,16 @@ def release(socks: list[socket.socket]) -> None:
         s.close()
 
 
+def global_limit(n: int) -> str:
+    """Envoy's overload manager limiting downstream connections over every listener to n."""
+    return f"""
+overload_manager:
+  resource_monitors:
+    - name: envoy.resource_monitors.global_downstream_max_connections
+      typed_config: {{max_active_downstream_connections: {n}}}
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,7 +110,7 @@ def main() -> None:
     wait_port(up)
     count = [0]
 
-    def fresh(name: str) -> tuple[subprocess.Popen, int]:
+    def fresh(name: str, limit: int | None = None) -> tuple[subprocess.Popen, int]:
         count[0] += 1
         if name == "MOSN":
             m = mosn(tmp / f"m{count[0]}", up, free_port(), free_port())
@@ -101,7 +118,10 @@ def main() -> None:
             proc, port = m[0], m[1]["h1"]
         else:
             port = free_port()
-            proc = greenmesh(tmp, f"gm{count[0]}", one_route_config(port, "http1", "http1", up))
+            config = one_route_config(port, "http1", "http1", up)
+            if limit is not None:
+                config += global_limit(limit)
+            proc = greenmesh(tmp, f"gm{count[0]}", config)
         procs.append(proc)
         wait_port(port)
         return proc, port
@@ -123,7 +143,7 @@ def main() -> None:
             stop(proc)
             print(f"{name}: idle {row['idle_mib_per_1000']:.1f} MiB per 1000", file=sys.stderr)
 
-            proc, port = fresh(name)
+            proc, port = fresh(name, args.held + 1000)
             wrk(port, 1, 50)
             row["c50"] = wrk(port, args.seconds, 50)
             socks = hold(port, args.held)
@@ -140,6 +160,17 @@ def main() -> None:
             row["c50_after"] = wrk(port, args.seconds, 50)
             stop(proc)
             print(f"{name}: c1000 fresh {row['c1000_fresh']}", file=sys.stderr)
+
+            if name == "greenmesh":
+                proc, port = fresh(name, args.held + 25)
+                socks = hold(port, args.held)
+                before = cpu_seconds(proc.pid)
+                row["at_limit"] = at = wrk(port, args.seconds, 50)
+                at["cpu_us_per_request"] = ((cpu_seconds(proc.pid) - before) * 1e6
+                                            / max(at["requests"], 1))
+                release(socks)
+                stop(proc)
+                print(f"{name}: at the limit {at}", file=sys.stderr)
     finally:
         stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -168,6 +199,10 @@ def main() -> None:
         }
         for what, x in ratios.items():
             print(f"greenmesh / MOSN, {what}: {x:.2f}")
+    at = rows["greenmesh"]["at_limit"]
+    print(f"greenmesh at its limit ({args.held} held, limit {args.held + 25}), wrk -c50: "
+          f"{at['rps']:.0f} req/s at {at['cpu_us_per_request']:.0f} µs of CPU each, "
+          f"errors: {at['errors'] or 'none'}")
     for name, r in rows.items():
         print(f"{name}: with {args.held} idle connections held, -c50 keeps "
               f"{r['c50_with_held']['rps'] / r['c50']['rps']:.0%} of its req/s")

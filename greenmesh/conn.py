@@ -334,19 +334,20 @@ class BatchWriter:
     that is queued in one write per wake-up, so no producer blocks on the socket and the
     frames of many streams share a syscall. It can close the connection once flushed.
 
-    ``wait_writable()`` is the back-pressure: past HIGH_WATER queued bytes (``backlog()``) a
+    ``wait_writable()`` is the back-pressure: past ``high_water`` queued bytes (``backlog()``) a
     producer waits until the writer has flushed, so a peer that does not read holds back the
     streams and the reader that feed it, not the proxy's memory. A peer that takes longer than
     ``stall_timeout`` to take that much loses the connection (Envoy: the stream idle timeout).
     """
 
     __slots__ = ("conn", "_pull", "_backlog", "_stall_timeout", "_on_close", "_wake", "_flushed",
-                 "_close_after", "_greenlet", "_on_wait", "_stopped")
+                 "_close_after", "_greenlet", "_on_wait", "_stopped", "high_water")
 
     def __init__(self, conn: Conn, pull: Callable[[], bytes], on_close: Callable[[str], None],
                  backlog: Callable[[], int], stall_timeout: float | None = STALL_TIMEOUT,
-                 on_wait: Callable[[], None] = lambda: None):
+                 on_wait: Callable[[], None] = lambda: None, high_water: int = HIGH_WATER):
         self.conn = conn
+        self.high_water = high_water
         self._pull = pull
         self._backlog = backlog
         self._stall_timeout = stall_timeout
@@ -364,13 +365,14 @@ class BatchWriter:
 
     @property
     def backed_up(self) -> bool:
-        """More than HIGH_WATER bytes wait for the socket."""
-        return self._backlog() > HIGH_WATER
+        """More than ``high_water`` bytes wait for the socket."""
+        return self._backlog() > self.high_water
 
     def wait_writable(self) -> None:
-        if self._backlog() > HIGH_WATER:
+        high = self.high_water
+        if self._backlog() > high:
             self._on_wait()
-        while self._backlog() > HIGH_WATER and not self.conn.closed and not self._greenlet.dead:
+        while self._backlog() > high and not self.conn.closed and not self._greenlet.dead:
             self._flushed.clear()
             self._wake.set()
             if not self._flushed.wait(self._stall_timeout):

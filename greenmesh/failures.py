@@ -26,6 +26,7 @@ class ResponseFlag(enum.Enum):
     DOWNSTREAM_CONNECTION_TERMINATION = "DC"
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"
     STREAM_IDLE_TIMEOUT = "SI"
+    DURATION_TIMEOUT = "DT"  # the listener's max_stream_duration passed
     DELAY_INJECTED = "DI"
     FAULT_INJECTED = "FI"
     RATE_LIMITED = "RL"

@@ -140,6 +140,8 @@ class Listener:
                                      max_headers=self.config.max_headers_count,
                                      request_headers_timeout=self.config.request_headers_timeout,
                                      max_concurrent_streams=self.config.max_concurrent_streams,
+                                     max_frame_size=self.config.max_frame_size,
+                                     buffer_limit=self.config.per_connection_buffer_limit_bytes,
                                      rejected=self.proxy.rejected)
                 sc = protocol.server(conn, opts, self.proxy.handle)
                 self._servers.add(sc)

@@ -99,6 +99,8 @@ class Cluster:
     # RPC protocols with heartbeats (bolt): an idle connection is probed this often and closed
     # when a probe goes unanswered for as long.
     keepalive_interval: float = 15.0
+    # Bytes queued for an upstream connection before its streams wait (Envoy's field).
+    per_connection_buffer_limit_bytes: int = 1 << 20
     # Set for clusters whose endpoints come from EDS, under this service name.
     eds_service_name: str | None = None
     outlier_detection: OutlierDetection | None = None
@@ -318,6 +320,15 @@ class Listener:
     # Streams open at once on one downstream HTTP/2 connection (SETTINGS_MAX_CONCURRENT_STREAMS),
     # requests in flight on one bolt connection (past it the connection is not read).
     max_concurrent_streams: int = 100
+    # From a request's head to the end of its response, whatever it is waiting for: then 408, or
+    # a reset once the response began (Envoy's max_stream_duration, off by default as Envoy's).
+    max_stream_duration: float | None = None
+    # The largest frame a client may send: HTTP/2's SETTINGS_MAX_FRAME_SIZE (None: 16384) and
+    # a whole RPC frame (None: 16 MiB). Within 16384 to 16777215, HTTP/2's range.
+    max_frame_size: int | None = None
+    # Bytes queued for a slow client (or held by RPC requests in flight) before greenmesh reads
+    # no more from that connection (Envoy's per_connection_buffer_limit_bytes).
+    per_connection_buffer_limit_bytes: int = 1 << 20
     idle_timeout: float = 300.0
     access_log: bool = True
     tls: TlsServer | None = None

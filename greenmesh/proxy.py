@@ -13,6 +13,8 @@ from typing import Final
 
 import gevent
 import structlog
+from gevent.hub import get_hub
+from greenlet import getcurrent
 
 from greenmesh.access_log import AccessLog
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
@@ -60,7 +62,7 @@ class _Exchange:
 
     __slots__ = ("status", "flags", "upstream", "cluster", "bytes_in", "bytes_out",
                  "body_done_at", "replay", "replay_ok", "error", "downstream_error", "route",
-                 "filters", "body")
+                 "filters", "body", "upstream_stream")
 
     def __init__(self, stream: ServerStream, filters: StreamFilters | None) -> None:
         self.status = 0
@@ -78,6 +80,13 @@ class _Exchange:
         self.filters = filters  # the stream's filters, when the listener has a chain
         # Where the request body is read from: the stream, or its filters in front of it.
         self.body: ServerStream | _Filtered = stream
+        self.upstream_stream: ClientStream | None = None  # while one is open
+
+
+class DurationExpired(BaseException):
+    """Thrown into a stream's greenlet when its listener's max_stream_duration passes, wherever
+    it waits (a BaseException, as gevent's Timeout, so that no ``except Exception`` on the way
+    takes it for a failure of its own)."""
 
 
 def _ignore(_: bytes) -> None:
@@ -230,8 +239,10 @@ class Proxy:
     def __init__(self, listener: str, routes: Callable[[], RouteTable | None],
                  clusters: ClusterManager, stats: Stats, *, access_log: AccessLog | None = None,
                  tunnel_idle_timeout: float | None = 300.0, filters: FilterChain | None = None,
-                 overload: OverloadManager | None = None):
+                 overload: OverloadManager | None = None,
+                 max_stream_duration: float | None = None):
         self.listener = listener
+        self._max_duration = max_stream_duration
         self._overload = overload
         self._filters = filters
         self._routes = routes
@@ -245,14 +256,30 @@ class Proxy:
         start = _monotonic()
         chain = self._filters
         ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
+        timer = None
+        if self._max_duration is not None:
+            timer = get_hub().loop.timer(self._max_duration)
+            timer.start(getcurrent().throw, DurationExpired)
         try:
-            overload = self._overload
-            if overload is not None and overload.active:
-                if not overload.keepalive:
-                    stream.drain_connection()
-                if not overload.accepting_requests:
-                    raise _answer(503, ResponseFlag.OVERLOAD_MANAGER, b"envoy overloaded")
-            self._forward(stream, ex)
+            try:
+                overload = self._overload
+                if overload is not None and overload.active:
+                    if not overload.keepalive:
+                        stream.drain_connection()
+                    if not overload.accepting_requests:
+                        raise _answer(503, ResponseFlag.OVERLOAD_MANAGER, b"envoy overloaded")
+                self._forward(stream, ex)
+            finally:
+                if timer is not None:
+                    timer.stop()
+        except DurationExpired:
+            # Envoy's answer: 408 if nothing of the response was sent, else the stream is reset.
+            cs = ex.upstream_stream
+            if cs is not None:
+                cs.reset("max stream duration")
+            ex.error = "max stream duration reached"
+            self._local_reply(stream, ex, LocalReply(408, [ResponseFlag.DURATION_TIMEOUT],
+                                                     b"downstream duration timeout"))
         except _Answer as a:
             self._local_reply(stream, ex, a.reply)
         except DownstreamError as e:
@@ -478,6 +505,7 @@ class Proxy:
                   timeout: float | None, attempt: int, retries: RetryState) -> None:
         head = stream.request
         pump = None
+        ex.upstream_stream = cs
         stream.on_reset(lambda: self._downstream_reset(ex, cs))
         if stream.request_complete:
             ex.body_done_at = _monotonic()
@@ -519,6 +547,7 @@ class Proxy:
             if pump is not None:
                 pump.kill()
         cs.finish()
+        ex.upstream_stream = None
 
     @staticmethod
     def _downstream_reset(ex: _Exchange, cs: ClientStream) -> None:

@@ -14,7 +14,7 @@ import pytest
 from greenmesh.config import ConfigError, load_dict
 from tests.boltpeer import BoltClient, BoltServer, request
 from tests.h2client import H2Client
-from tests.harness import free_port, mesh_config, until
+from tests.harness import RawUpstream, free_port, mesh_config, until
 from tests.test_bolt import bolt_config
 
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -240,20 +240,140 @@ def test_a_bolt_connection_is_not_read_past_max_concurrent_streams(start_mesh):
     up.stop()
 
 
+def test_max_stream_duration_answers_408_or_resets_what_was_already_answering(start_mesh):
+    """Envoy's max_stream_duration: 408 DT while the upstream has said nothing; once the
+    response began, the client's stream is cut and so is the upstream's."""
+    upstream_saw_close = threading.Event()
+
+    def script(conn: socket.socket, index: int, head: bytes) -> bool:
+        if b"/stall-head" not in head:
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nfirst")
+        while conn.recv(65536):  # nothing more is said until greenmesh lets go
+            pass
+        upstream_saw_close.set()
+        return False
+    up = RawUpstream(script)
+    gm = start_mesh(mesh_config([up.address], timeout="0s",
+                                listener={"max_stream_duration": "0.3s"}))
+    answer = _read_all_of(gm.port(), b"GET /stall-head HTTP/1.1\r\nHost: x\r\n"
+                                       b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 408") and answer.endswith(b"downstream duration timeout")
+    [entry] = gm.access(1)
+    assert (entry["status"], entry["flags"]) == (408, "DT")
+    assert upstream_saw_close.wait(10)
+    upstream_saw_close.clear()
+    cut = _read_all_of(gm.port(), b"GET /stall-body HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert cut.startswith(b"HTTP/1.1 200") and cut.endswith(b"first")  # 95 bytes never came
+    assert gm.access(2)[1]["flags"] == "DT"
+    assert upstream_saw_close.wait(10)
+    up.stop()
+
+
+def test_max_stream_duration_spares_the_other_streams_of_a_connection(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={
+        "protocol": "http2", "max_stream_duration": "0.5s"}))
+    c = H2Client(gm.port())
+    slow = c.request("GET", "/delay/5")
+    quick = c.request("GET", "/")
+    c.pump(lambda: c.done(slow, quick))
+    assert (c.responses[slow].status, c.responses[quick].status) == (408, 200)
+    again = c.request("GET", "/")  # the connection serves on
+    c.pump(lambda: c.done(again))
+    assert c.responses[again].status == 200
+    c.close()
+
+
+def test_max_stream_duration_ends_a_wait_for_a_pooled_connection_cleanly(upstream, start_mesh):
+    """The duration passes while the request queues for the cluster's only connection: 408,
+    and the queue forgets it (the connection, once free, serves the next request)."""
+    cfg = mesh_config([upstream.address], cluster={"max_connections": 1})
+    cfg["listeners"].append({**cfg["listeners"][0], "name": "bounded",
+                             "address": f"127.0.0.1:{free_port()}", "max_stream_duration": "0.3s"})
+    gm = start_mesh(cfg)
+    holder = socket.create_connection(("127.0.0.1", gm.port(0)), timeout=10)
+    holder.sendall(b"GET /delay/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert until(lambda: gm.stat("cluster.backend.upstream_cx_total") == 1)
+    queued = _read_all_of(gm.port(1), GET_CLOSE)
+    assert queued.startswith(b"HTTP/1.1 408")
+    assert _read_all(holder).startswith(b"HTTP/1.1 200")
+    holder.close()
+    assert _read_all_of(gm.port(1), GET_CLOSE).startswith(b"HTTP/1.1 200")
+    assert gm.stat("cluster.backend.upstream_cx_total") == 1  # one connection, handed on
+
+
+def test_max_stream_duration_answers_a_bolt_request_with_timeout(start_mesh):
+    up = BoltServer()
+    gm = start_mesh(bolt_config(up.address, listener={"max_stream_duration": "0.3s"}))
+    c = BoltClient(gm.port())
+    c.send(request(1, b"sleep:5:slow") + request(2, b"quick"))
+    answers = {f["id"]: f for f in c.receive(2)}
+    assert answers[2]["status"] == 0 and answers[1]["status"] == 7  # bolt TIMEOUT
+    c.close()
+    up.stop()
+
+
+def test_max_frame_size_is_advertised_and_taken_on_http2(upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={
+        "protocol": "http2", "max_frame_size": 65536}))
+    c = H2Client(gm.port())
+    warm = c.request("GET", "/")
+    c.pump(lambda: c.done(warm))
+    assert c.h2.remote_settings.max_frame_size == 65536
+    sid = c.request("POST", "/sink", body=b"x" * 40000)  # one DATA frame of 40000 bytes
+    c.pump(lambda: c.done(sid))
+    assert c.responses[sid].status == 200 and c.responses[sid].body == b"40000\n"
+    c.close()
+
+
+def test_max_frame_size_bounds_a_bolt_frame(start_mesh):
+    up = BoltServer()
+    gm = start_mesh(bolt_config(up.address, listener={"max_frame_size": 16384}))
+    c = BoltClient(gm.port())
+    c.send(request(1, b"a" * 15000))
+    [ok] = c.receive(1)
+    assert ok["status"] == 0
+    c.send(request(2, b"b" * 17000))
+    [refused] = c.receive(1)
+    assert refused["id"] == 2 and refused["status"] == 9  # CODEC_EXCEPTION, then closed
+    assert c.sock.recv(1) == b""
+    c.close()
+    up.stop()
+
+
+def test_per_connection_buffer_limit_pauses_reading_past_it(start_mesh):
+    """Two bolt requests of 12 KB in flight hold more than a 20000-byte limit: the connection
+    is read no further until one is answered (and all three are)."""
+    up = BoltServer()
+    stat = "listener.ingress.downstream_flow_control_paused_reading_total"
+    for limit, pauses in ((20000, True), (None, False)):
+        extra = {"per_connection_buffer_limit_bytes": limit} if limit else {}
+        gm = start_mesh(bolt_config(up.address, listener=extra))
+        c = BoltClient(gm.port())
+        c.send(b"".join(request(i, b"sleep:0.2:" + b"p" * 12000) for i in (1, 2, 3)))
+        assert sorted(f["id"] for f in c.receive(3)) == [1, 2, 3]
+        assert (gm.stat(stat) >= 1) is pauses
+        c.close()
+    up.stop()
+
+
 def test_limits_read_from_envoys_connection_manager():
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network."
                     "http_connection_manager.v3.HttpConnectionManager",
            "rds": {"route_config_name": "r", "config_source": {"ads": {}}},
            "request_headers_timeout": "0s", "common_http_protocol_options": {
-               "max_headers_count": 50}, "http2_protocol_options": {"max_concurrent_streams": 7}}
+               "max_headers_count": 50, "max_stream_duration": "2.5s"},
+           "http2_protocol_options": {"max_concurrent_streams": 7}}
     config = load_dict({"xds": {"server": "127.0.0.1:1", "node": {"id": "n"}}, "listeners": [{
         "name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}]})
     [lst] = config.listeners
-    assert (lst.max_headers_count, lst.request_headers_timeout, lst.max_concurrent_streams) == \
-        (50, None, 7)  # 0s: off, as Envoy
+    assert (lst.max_headers_count, lst.request_headers_timeout, lst.max_concurrent_streams,
+            lst.max_stream_duration) == (50, None, 7, 2.5)  # 0s: off, as Envoy
     assert load_dict({}).listeners == ()
+    [cluster] = load_dict(mesh_config(["127.0.0.1:1"], cluster={
+        "per_connection_buffer_limit_bytes": 4096})).clusters
+    assert cluster.per_connection_buffer_limit_bytes == 4096
     defaults = load_dict({"listeners": [{"name": "d", "address": "127.0.0.1:1",
                                          "route_config": "r"}],
                           "route_configs": [{"name": "r", "virtual_hosts": [{
@@ -261,7 +381,25 @@ def test_limits_read_from_envoys_connection_manager():
                                   "match": {"prefix": "/"},
                                   "direct_response": {"status": 200}}]}]}]}).listeners[0]
     assert (defaults.max_headers_count, defaults.request_headers_timeout,
-            defaults.max_concurrent_streams, defaults.max_connections) == (100, 60.0, 100, None)
+            defaults.max_concurrent_streams, defaults.max_connections,
+            defaults.max_stream_duration, defaults.max_frame_size,
+            defaults.per_connection_buffer_limit_bytes) == (100, 60.0, 100, None, None, None,
+                                                            1 << 20)
+
+
+@pytest.mark.parametrize(("listener", "error"), [
+    ({"max_frame_size": 1024},
+     "listeners[0].max_frame_size: expected a frame size between 16384 and 16777215"),
+    ({"max_frame_size": 1 << 24},
+     "listeners[0].max_frame_size: expected a frame size between 16384 and 16777215"),
+    ({"per_connection_buffer_limit_bytes": 0},
+     "listeners[0].per_connection_buffer_limit_bytes: expected a positive integer"),
+    ({"max_stream_duration": "soon"}, "listeners[0].max_stream_duration:"),
+])
+def test_limit_errors_name_their_key(listener, error):
+    with pytest.raises(ConfigError) as e:
+        load_dict(mesh_config(["127.0.0.1:1"], listener=listener))
+    assert error in str(e.value)
 
 
 @pytest.mark.parametrize(("overload", "error"), [

@@ -175,9 +175,9 @@ def test_envoy_fields_greenmesh_does_not_read_are_errors_in_a_file_warnings_from
     """)
     assert errs[0].startswith("clusters[0].dns_lookup_family: unknown key (expected one of name,")
     c = static_cluster("c", "127.0.0.1:1")
-    c.per_connection_buffer_limit_bytes = 1024
+    c.ignore_health_on_host_removal = True
     _, warnings = convert_resource(cluster, c)
-    assert warnings == ["resource.per_connection_buffer_limit_bytes: not supported yet, ignored"]
+    assert warnings == ["resource.ignore_health_on_host_removal: not supported yet, ignored"]
 
 
 def test_tls_from_envoys_transport_sockets(tmp_path):

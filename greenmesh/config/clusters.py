@@ -44,7 +44,8 @@ _DISCOVERY = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
 _ENVOY_KEYS = ("name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
                "load_assignment", "circuit_breakers", "http2_protocol_options",
                "http_protocol_options", "typed_extension_protocol_options", "health_checks",
-               "outlier_detection", "transport_socket", "metadata")
+               "outlier_detection", "transport_socket", "metadata",
+               "per_connection_buffer_limit_bytes")
 _BREAKERS = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
 # greenmesh's shorter spellings, and its own settings (also read from the greenmesh metadata).
 _OWN_KEYS = ("protocol", "endpoints", "tls", "idle_timeout", "max_concurrent_streams",
@@ -87,7 +88,8 @@ def cluster(r: Reader, v: Any, path: str) -> model.Cluster | None:
                                 model_default(model.Cluster, "connect_timeout")),
         lb_policy=lb)
     for key, convert in (("idle_timeout", duration), ("max_concurrent_streams", positive),
-                         ("keepalive_interval", duration)):
+                         ("keepalive_interval", duration),
+                         ("per_connection_buffer_limit_bytes", positive)):
         src, src_path = own.get(key, (obj, path))
         values[key] = r.field(src, src_path, key, convert, model_default(model.Cluster, key))
     protocol = _protocol(r, obj, path, own, values)

@@ -17,9 +17,11 @@ from greenmesh.config.clusters import socket_address
 from greenmesh.config.filters import http_filters
 from greenmesh.config.reader import (
     INVALID,
+    Invalid,
     Reader,
     boolean,
     duration,
+    integer,
     join,
     model_default,
     one_of,
@@ -38,7 +40,17 @@ _INSPECTORS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.h
 _CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
 _OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log",
         "accept_http_10", "max_headers_count", "request_headers_timeout",
-        "max_concurrent_streams")
+        "max_concurrent_streams", "max_stream_duration", "max_frame_size",
+        "per_connection_buffer_limit_bytes")
+
+
+def frame_size(value: Any) -> int:
+    """HTTP/2's range for SETTINGS_MAX_FRAME_SIZE (RFC 9113 §6.5.2), which bounds RPC frames
+    too."""
+    value = integer(value)
+    if not 1 << 14 <= value <= (1 << 24) - 1:
+        raise Invalid("expected a frame size between 16384 and 16777215")
+    return value
 
 
 def listener(r: Reader, v: Any, path: str
@@ -83,7 +95,10 @@ def listener(r: Reader, v: Any, path: str
                          ("idle_timeout", duration), ("access_log", boolean),
                          ("accept_http_10", boolean), ("max_headers_count", positive),
                          ("request_headers_timeout", optional_duration),
-                         ("max_concurrent_streams", positive)):
+                         ("max_concurrent_streams", positive),
+                         ("max_stream_duration", optional_duration),
+                         ("max_frame_size", frame_size),
+                         ("per_connection_buffer_limit_bytes", positive)):
         if key not in values or key in own:
             src, src_path = own.get(key, (obj, path))
             values[key] = r.field(src, src_path, key, convert,
@@ -129,7 +144,8 @@ _HCM_SETTINGS = (("", "max_request_headers_kb", positive),
                  ("http_protocol_options", "accept_http_10", boolean),
                  ("http2_protocol_options", "max_concurrent_streams", positive),
                  ("common_http_protocol_options", "idle_timeout", duration),
-                 ("common_http_protocol_options", "max_headers_count", positive))
+                 ("common_http_protocol_options", "max_headers_count", positive),
+                 ("common_http_protocol_options", "max_stream_duration", optional_duration))
 
 
 def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],

@@ -384,6 +384,10 @@ class ServerOptions:
     request_headers_timeout: float | None = None
     #: Streams (HTTP/2) or requests in flight (RPC) at once on the connection.
     max_concurrent_streams: int = 100
+    #: The largest frame the client may send (None: the protocol's default).
+    max_frame_size: int | None = None
+    #: Bytes queued for the client, or held by requests in flight, before reading pauses.
+    buffer_limit: int = 1 << 20
     #: Counts a listener stat (``downstream_flow_control_paused_reading_total``...).
     count: Callable[[str], None] = lambda name: None
     #: A request the codec answered itself, never a stream (400, 431...): ``(status, method,

@@ -86,11 +86,13 @@ class _Pool:
             conn = Conn.connect(self.address.host, self.address.port,
                                 self.settings.connect_timeout, self.tls,
                                 self.settings.tls.sni if self.settings.tls else "")
-        except ConnError as e:
+        except BaseException as e:
             self._open -= 1
             self.breakers.connections -= 1
-            self.stats.inc(self._k_fail)
             self._wake(None)
+            if not isinstance(e, ConnError):
+                raise  # thrown into the wait (a stream's max duration): not a connect failure
+            self.stats.inc(self._k_fail)
             raise ConnectFailure(str(e)) from None
         return self.protocol.client(conn, self.settings)
 
@@ -106,6 +108,12 @@ class _Pool:
             result = waiter.get(timeout=timeout)
         except Timeout:
             raise StreamTimeout("no upstream connection became free in time") from None
+        except BaseException:
+            # Thrown into the wait (a stream's max duration) after a connection or a slot was
+            # handed to it: the next waiter gets it instead.
+            if waiter.successful():
+                self._hand_on(waiter.value)
+            raise
         finally:
             self.breakers.pending -= 1
             try:
@@ -123,6 +131,10 @@ class _Pool:
                 waiter.set(value)
                 return True
         return False
+
+    def _hand_on(self, value: ClientConnection | None) -> None:
+        """A freed connection (or slot: None) goes to the next waiter."""
+        self._wake(value)
 
     def _stream(self, cc: ClientConnection) -> ClientStream:
         self.active += 1
@@ -171,10 +183,14 @@ class ExclusivePool(_Pool):
     def _release(self, cc: ClientConnection, reusable: bool) -> None:
         self.active -= 1
         if reusable and not self.closed and cc.usable:
-            if not self._wake(cc):
-                self._idle.append((cc, time.monotonic()))
+            self._hand_on(cc)
             return
         self._discard(cc, "not reusable")
+
+    def _hand_on(self, value: ClientConnection | None) -> None:
+        """The next waiter takes the connection, or it waits idle."""
+        if not self._wake(value) and value is not None:
+            self._idle.append((value, time.monotonic()))
 
     def sweep(self, now: float) -> None:
         """Closes connections idle longer than the cluster's idle timeout."""

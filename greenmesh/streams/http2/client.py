@@ -8,7 +8,7 @@ from collections.abc import Callable
 import gevent
 
 from greenmesh import model
-from greenmesh.conn import Conn
+from greenmesh.conn import HIGH_WATER, Conn
 from greenmesh.failures import ResetReason
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -42,7 +42,8 @@ class Http2ClientConnection(H2Shell, ClientConnection):
     side = "upstream"
 
     def __init__(self, conn: Conn, settings: model.Cluster | None = None):
-        super().__init__(conn, True)
+        super().__init__(conn, True, buffer_limit=settings.per_connection_buffer_limit_bytes
+                         if settings else HIGH_WATER)
         self.max_streams = settings.max_concurrent_streams if settings else MAX_CONCURRENT_STREAMS
         self.active_streams = 0
         self.streams_opened = 0

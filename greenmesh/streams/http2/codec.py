@@ -63,7 +63,8 @@ class H2Codec(FrameHandlers):
 
     def __init__(self, events: Events, client: bool, *, max_concurrent_streams: int = 100,
                  stream_window: int = 1 << 20, connection_window: int = 16 << 20,
-                 max_header_list_size: int | None = None, max_header_block: int = 64 << 10):
+                 max_header_list_size: int | None = None, max_header_block: int = 64 << 10,
+                 max_frame_size: int | None = None):
         self.events = events
         self.client = client
         self.state = ConnState.SETTINGS if client else ConnState.PREFACE
@@ -76,7 +77,8 @@ class H2Codec(FrameHandlers):
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.max_header_list_size = max_header_list_size
-        self.max_inbound_frame = DEFAULT_FRAME_SIZE
+        # Enforced from the start: a larger limit than the default needs no acknowledgement.
+        self.max_inbound_frame = max_frame_size or DEFAULT_FRAME_SIZE
         # The peer's.
         self.peer_max_concurrent = 2**31  # unlimited until it says
         self.peer_initial_window = DEFAULT_WINDOW
@@ -129,6 +131,8 @@ class H2Codec(FrameHandlers):
                     (Setting.ENABLE_PUSH, 0)]
         if self.max_header_list_size is not None:
             settings.append((Setting.MAX_HEADER_LIST_SIZE, self.max_header_list_size))
+        if self.max_inbound_frame != DEFAULT_FRAME_SIZE:
+            settings.append((Setting.MAX_FRAME_SIZE, self.max_inbound_frame))
         self._frame(SETTINGS, 0, 0, b"".join(SETTING.pack(k, v) for k, v in settings))
         if self.connection_window > DEFAULT_WINDOW:
             self._frame(WINDOW_UPDATE, 0, 0, U32.pack(self.connection_window - DEFAULT_WINDOW))

@@ -101,11 +101,14 @@ class H2Shell:
     error: type[StreamError] = StreamResetError
 
     def __init__(self, conn: Conn, client_side: bool, max_header_bytes: int | None = None,
-                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS):
+                 max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+                 max_frame_size: int | None = None, buffer_limit: int = HIGH_WATER):
         self.conn = conn
         self.codec = H2Codec(self, client_side, max_concurrent_streams=max_concurrent_streams,
                              stream_window=STREAM_WINDOW, connection_window=CONNECTION_WINDOW,
-                             max_header_list_size=max_header_bytes)
+                             max_header_list_size=max_header_bytes,
+                             max_frame_size=max_frame_size)
+        self.buffer_limit = buffer_limit  # bytes queued for the peer before producers wait
         self.streams: dict[int, ShellStream] = {}
         self.state = ConnectionState.OPEN  # DRAINING once a GOAWAY went either way
         self._writer: BatchWriter | None = None
@@ -122,7 +125,8 @@ class H2Shell:
         self._count = count
         self._writer = BatchWriter(self.conn, codec.data_to_send, self.close,
                                    lambda: len(codec.out), stall_timeout,
-                                   lambda: count("downstream_flow_control_backed_up_total"))
+                                   lambda: count("downstream_flow_control_backed_up_total"),
+                                   self.buffer_limit)
         self.wake_writer()
 
     @property
@@ -150,7 +154,7 @@ class H2Shell:
                 self.wake_writer()
                 # A peer that floods PINGs or SETTINGS but never reads the answers, or does not
                 # read what its streams asked for: no more reading until the writer catches up.
-                if len(codec.out) > HIGH_WATER:
+                if len(codec.out) > self.buffer_limit:
                     self._count("downstream_flow_control_paused_reading_total")
                     self.writer.wait_writable()
         except ConnError:
@@ -291,10 +295,10 @@ class H2Shell:
                 if codec.window(s.id) <= 0:
                     s.writable.wait()
                 continue
-            if len(codec.out) > HIGH_WATER:
+            if len(codec.out) > self.buffer_limit:
                 self.writer.wait_writable()
         self.wake_writer()
-        if len(codec.out) > HIGH_WATER:  # a peer that reads slowly holds back this stream only
+        if len(codec.out) > self.buffer_limit:  # a peer that reads slowly holds back this stream only
             self.writer.wait_writable()
 
     def send_headers(self, s: ShellStream, headers: Headers, end_stream: bool) -> None:

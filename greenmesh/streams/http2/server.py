@@ -51,7 +51,8 @@ class _ServerConnection(H2Shell, MultiplexServerConnection):
     error = DownstreamError
 
     def __init__(self, conn: Conn, opts: ServerOptions, handler: StreamHandler):
-        H2Shell.__init__(self, conn, False, opts.max_header_bytes, opts.max_concurrent_streams)
+        H2Shell.__init__(self, conn, False, opts.max_header_bytes, opts.max_concurrent_streams,
+                         opts.max_frame_size, opts.buffer_limit)
         MultiplexServerConnection.__init__(self, conn, opts, handler)
         self.peer_ip = opts.peer[0].encode() if opts.peer else None
         self.opened = 0

@@ -10,7 +10,7 @@ the proxy, router and pools are the same as for HTTP.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
 from greenmesh.failures import ResponseFlag
 from greenmesh.streams import Match
@@ -45,6 +45,9 @@ class XFrame(ABC):
 
 
 FrameT = TypeVar("FrameT", bound=XFrame)
+#: The largest RPC frame unless a listener says otherwise: a bigger one is taken for garbage
+#: rather than buffered.
+MAX_FRAME: Final = 16 << 20
 
 
 class XCodec(ABC, Generic[FrameT]):
@@ -60,9 +63,11 @@ class XCodec(ABC, Generic[FrameT]):
         """Yes / need more bytes / no, from the first bytes a client sends."""
 
     @abstractmethod
-    def decode(self, buf: bytearray, offset: int) -> tuple[FrameT | None, int]:
+    def decode(self, buf: bytearray, offset: int, limit: int = MAX_FRAME
+               ) -> tuple[FrameT | None, int]:
         """The frame at ``offset`` and the offset after it, or (None, offset) if incomplete.
-        Raises CodecError for bytes that cannot be this protocol."""
+        Raises CodecError for bytes that cannot be this protocol, and for a frame longer than
+        ``limit`` (known from its header, so never buffered)."""
 
     @abstractmethod
     def encode(self, frame: FrameT, request_id: int, headers: Headers | None = None

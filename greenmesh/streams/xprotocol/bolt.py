@@ -15,7 +15,7 @@ from typing import Final
 from greenmesh.failures import ResponseFlag
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import Headers
-from greenmesh.streams.xprotocol import CodecError, XCodec, XFrame
+from greenmesh.streams.xprotocol import MAX_FRAME, CodecError, XCodec, XFrame
 
 REQUEST: Final = struct.Struct(">BBHBIBiHHI")
 RESPONSE: Final = struct.Struct(">BBHBIBHHHI")
@@ -28,7 +28,6 @@ CMD_HEARTBEAT: Final = 0
 CMD_REQUEST: Final = 1
 CMD_RESPONSE: Final = 2
 HESSIAN2: Final = 1
-MAX_FRAME: Final = 16 << 20  # a bigger frame is taken for garbage rather than buffered
 
 # SOFABolt ResponseStatus
 SUCCESS: Final = 0
@@ -52,6 +51,7 @@ _FLAG_STATUS: Final = {
     ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR: CODEC_EXCEPTION,
     ResponseFlag.UPSTREAM_REQUEST_TIMEOUT: TIMEOUT,
     ResponseFlag.STREAM_IDLE_TIMEOUT: TIMEOUT,
+    ResponseFlag.DURATION_TIMEOUT: TIMEOUT,
     ResponseFlag.UPSTREAM_CONNECTION_FAILURE: ERROR_COMM,
     ResponseFlag.UPSTREAM_CONNECTION_TERMINATION: ERROR_COMM,
     ResponseFlag.UPSTREAM_PROTOCOL_ERROR: ERROR_COMM,
@@ -159,7 +159,8 @@ class BoltCodec(XCodec[BoltFrame]):
             return Match.AGAIN
         return Match.YES if data[4] == 1 else Match.NO
 
-    def decode(self, buf: bytearray, offset: int) -> tuple[BoltFrame | None, int]:
+    def decode(self, buf: bytearray, offset: int, limit: int = MAX_FRAME
+               ) -> tuple[BoltFrame | None, int]:
         available = len(buf) - offset
         if available < 2:
             return None, offset
@@ -180,8 +181,9 @@ class BoltCodec(XCodec[BoltFrame]):
                            else (CMD_HEARTBEAT, CMD_REQUEST)):
             raise CodecError(f"bad bolt command code {cmdcode}", request_id)
         total = header.size + fields[7] + fields[8] + fields[9]
-        if total > MAX_FRAME:
-            raise CodecError(f"bolt frame of {total} bytes is over the limit", request_id)
+        if total > limit:
+            raise CodecError(f"bolt frame of {total} bytes is over the limit of {limit}",
+                             request_id)
         if available < total:
             return None, offset
         raw = bytes(buf[offset:offset + total])

@@ -44,7 +44,7 @@ from greenmesh.streams.base import (
     Tunnel,
 )
 from greenmesh.streams.multiplex import MultiplexServerConnection
-from greenmesh.streams.xprotocol import CodecError, XCodec, XFrame
+from greenmesh.streams.xprotocol import MAX_FRAME, CodecError, XCodec, XFrame
 
 log = structlog.get_logger("greenmesh.xprotocol")
 
@@ -56,11 +56,11 @@ class _WriteQueue(BatchWriter):
 
     def __init__(self, conn: Conn, on_close: Callable[[str], None],
                  stall_timeout: float | None = STALL_TIMEOUT,
-                 on_wait: Callable[[], None] = lambda: None):
+                 on_wait: Callable[[], None] = lambda: None, high_water: int = HIGH_WATER):
         self._pending: list[bytes | bytearray] = []
         self._pending_bytes = 0
         super().__init__(conn, self._take, on_close, lambda: self._pending_bytes, stall_timeout,
-                         on_wait)
+                         on_wait, high_water)
 
     def send(self, data: bytes | bytearray) -> None:
         self._pending.append(data)
@@ -78,14 +78,15 @@ class _WriteQueue(BatchWriter):
 
 
 class _ServerConnection(MultiplexServerConnection):
-    """Reads no further while the requests it is serving hold more than HIGH_WATER bytes (they
-    are forwarded and answered asynchronously, so a fast client could otherwise queue any
-    number), or while the client leaves more than HIGH_WATER of responses unread."""
+    """Reads no further while the requests it is serving hold more than the listener's buffer
+    limit (they are forwarded and answered asynchronously, so a fast client could otherwise
+    queue any number), or while the client leaves more than that of responses unread."""
 
     def __init__(self, codec: XCodec, conn: Conn, opts: ServerOptions, handler: StreamHandler):
         super().__init__(conn, opts, handler)
         self.codec = codec
-        self.writer = _WriteQueue(conn, self.close, opts.idle_timeout)
+        self.writer = _WriteQueue(conn, self.close, opts.idle_timeout,
+                                  high_water=opts.buffer_limit)
         self._paused = lambda: opts.count("downstream_flow_control_paused_reading_total")
         self.inflight_bytes = 0  # of the requests being served
         self.inflight = 0  # requests being served
@@ -99,18 +100,19 @@ class _ServerConnection(MultiplexServerConnection):
         self.writer.close_after_flush(reason)
 
     def run(self) -> None:
-        codec, conn = self.codec, self.conn
+        codec, conn, opts = self.codec, self.conn, self.opts
+        frame_limit, high = opts.max_frame_size or MAX_FRAME, opts.buffer_limit
         buf = bytearray()
         try:
             while not conn.closed:
-                data = conn.read(self.opts.idle_timeout if self.idle else None)
+                data = conn.read(opts.idle_timeout if self.idle else None)
                 if not data:
                     return
                 buf += data
                 offset = 0
                 while True:
                     try:
-                        frame, offset = codec.decode(buf, offset)
+                        frame, offset = codec.decode(buf, offset, frame_limit)
                     except CodecError as e:
                         self._codec_error(e)
                         return
@@ -122,10 +124,10 @@ class _ServerConnection(MultiplexServerConnection):
                         self._room.wait()
                     self._dispatch(frame)
                 del buf[:offset]
-                if self.writer.backed_up or self.inflight_bytes > HIGH_WATER:
+                if self.writer.backed_up or self.inflight_bytes > high:
                     self._paused()
                     self.writer.wait_writable()  # a client not reading its responses
-                    while self.inflight_bytes > HIGH_WATER and not conn.closed:
+                    while self.inflight_bytes > high and not conn.closed:
                         self._room.clear()
                         self._room.wait()  # requests coming faster than they are answered
         except ConnError:
@@ -162,7 +164,7 @@ class _ServerConnection(MultiplexServerConnection):
         finally:
             self.inflight_bytes -= len(frame.raw)
             self.inflight -= 1
-            if self.inflight_bytes <= HIGH_WATER:
+            if self.inflight_bytes <= self.opts.buffer_limit:
                 self._room.set()
 
 
@@ -294,7 +296,8 @@ class XClientConnection(ClientConnection):
         self._ids = RequestIds(codec.max_request_id)
         self._last_read = time.monotonic()
         self._probe: int | None = None
-        self.writer = _WriteQueue(conn, self.close)
+        self.writer = _WriteQueue(conn, self.close, high_water=(
+            settings.per_connection_buffer_limit_bytes if settings else HIGH_WATER))
         self._closed = Event()
         self._reader = gevent.spawn(self._read_loop)
         self._keeper = gevent.spawn(self._keepalive_loop)
