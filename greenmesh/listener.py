@@ -139,6 +139,7 @@ class Listener:
                                      accept_http10=self.config.accept_http_10,
                                      max_headers=self.config.max_headers_count,
                                      request_headers_timeout=self.config.request_headers_timeout,
+                                     stream_idle_timeout=self.config.stream_idle_timeout,
                                      max_concurrent_streams=self.config.max_concurrent_streams,
                                      max_frame_size=self.config.max_frame_size,
                                      buffer_limit=self.config.per_connection_buffer_limit_bytes,

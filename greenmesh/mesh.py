@@ -113,7 +113,8 @@ class Mesh:
         proxy = Proxy(lc.name, lambda: self._routes.get(name), self.clusters, self.stats,
                       access_log=self._access_log if lc.access_log else None,
                       tunnel_idle_timeout=lc.idle_timeout, filters=chain,
-                      overload=self.overload, max_stream_duration=lc.max_stream_duration)
+                      overload=self.overload, max_stream_duration=lc.max_stream_duration,
+                      stream_idle_timeout=lc.stream_idle_timeout)
         listener = Listener(lc, self.registry, proxy, self.stats, self.overload)
         listener.start()
         self.listeners[lc.name] = listener

@@ -329,6 +329,10 @@ class Listener:
     # Bytes queued for a slow client (or held by RPC requests in flight) before greenmesh reads
     # no more from that connection (Envoy's per_connection_buffer_limit_bytes).
     per_connection_buffer_limit_bytes: int = 1 << 20
+    # A stream that moves no bytes either way for this long: 408, or a reset once the response
+    # began (Envoy's stream_idle_timeout, 5 minutes; a route's idle_timeout overrides it
+    # upstream). None: off.
+    stream_idle_timeout: float | None = 300.0
     idle_timeout: float = 300.0
     access_log: bool = True
     tls: TlsServer | None = None

@@ -29,6 +29,7 @@ from greenmesh.streams.base import (
     Chunk,
     ClientStream,
     DownstreamError,
+    DownstreamTimeout,
     FilterError,
     Headers,
     RequestHead,
@@ -240,8 +241,10 @@ class Proxy:
                  clusters: ClusterManager, stats: Stats, *, access_log: AccessLog | None = None,
                  tunnel_idle_timeout: float | None = 300.0, filters: FilterChain | None = None,
                  overload: OverloadManager | None = None,
-                 max_stream_duration: float | None = None):
+                 max_stream_duration: float | None = None,
+                 stream_idle_timeout: float | None = None):
         self.listener = listener
+        self._stream_idle = stream_idle_timeout  # for routes that set no idle_timeout
         self._max_duration = max_stream_duration
         self._overload = overload
         self._filters = filters
@@ -288,6 +291,8 @@ class Proxy:
             if e.status and not stream.response_started:
                 if isinstance(e, FilterError):  # its text is the filter's, not the client's
                     reply = LocalReply(e.status, [_IE], b"filter error\n")
+                elif isinstance(e, DownstreamTimeout):
+                    reply = LocalReply(408, [ResponseFlag.STREAM_IDLE_TIMEOUT], b"stream timeout")
                 else:
                     reply = LocalReply(e.status, [ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR],
                                        f"{e}\n".encode())
@@ -403,8 +408,8 @@ class Proxy:
         if not breakers.try_request():
             self._stats.inc(f"cluster.{cluster.name}.upstream_rq_overflow")
             raise _answer(503, ResponseFlag.UPSTREAM_OVERFLOW, b"upstream overflow", _OVERLOADED)
-        retries = RetryState(action.retry_policy, timeout, action.idle_timeout or None,
-                             self._stats, cluster)
+        idle = action.idle_timeout or self._stream_idle  # the route's, else the listener's
+        retries = RetryState(action.retry_policy, timeout, idle, self._stats, cluster)
         try:
             self._attempts(stream, ex, head, matched, cluster, retries, timeout)
         finally:
@@ -604,7 +609,7 @@ class Proxy:
                                                               route.response_remove),
                                resp.reason, resp.native, resp.message_bytes)
         ex.bytes_out += resp.message_bytes
-        idle = route.route.route.idle_timeout  # the matched route's action
+        idle = route.route.route.idle_timeout or self._stream_idle
 
         def read(block: bool) -> Chunk:
             if not block:

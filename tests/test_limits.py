@@ -356,11 +356,58 @@ def test_per_connection_buffer_limit_pauses_reading_past_it(start_mesh):
     up.stop()
 
 
+def test_a_stalled_request_body_gets_408_si_and_the_connections_other_streams_go_on(
+        upstream, start_mesh):
+    """Envoy's stream_idle_timeout on the downstream side: an HTTP/2 request whose body stops
+    coming is answered 408 with SI; the connection's other streams are served."""
+    gm = start_mesh(mesh_config([upstream.address], listener={
+        "protocol": "http2", "stream_idle_timeout": "0.4s"}))
+    c = H2Client(gm.port())
+    stalled = c.send([(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"t"),
+                      (b":path", b"/sink")], end=False)
+    quick = c.request("GET", "/")
+    c.pump(lambda: c.done(stalled, quick))
+    assert (c.responses[stalled].status, c.responses[quick].status) == (408, 200)
+    entries = {e["path"]: e for e in gm.access(2)}
+    assert (entries["/sink"]["status"], entries["/sink"]["flags"]) == (408, "SI")
+    c.close()
+
+
+def test_a_stalled_http1_body_gets_408_and_close_before_the_connection_idle_timeout(
+        upstream, start_mesh):
+    gm = start_mesh(mesh_config([upstream.address], listener={
+        "stream_idle_timeout": "0.4s", "idle_timeout": "60s"}))
+    answer = _read_all_of(gm.port(), b"POST /sink HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Length: 10\r\n\r\nabc")
+    assert answer.startswith(b"HTTP/1.1 408") and b"connection: close" in answer.lower()
+    assert answer.endswith(b"stream timeout")
+    [entry] = gm.access(1)
+    assert (entry["status"], entry["flags"]) == (408, "SI")
+
+
+def test_stream_idle_timeout_cuts_a_silent_upstream_where_the_route_sets_none(start_mesh):
+    """Upstream side: with no route timeout and no route idle_timeout, the listener's
+    stream_idle_timeout still ends a response that stops coming."""
+    def stall(conn: socket.socket, index: int, head: bytes) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        while conn.recv(65536):
+            pass
+        return False
+    up = RawUpstream(stall)
+    gm = start_mesh(mesh_config([up.address], timeout="0s",
+                                listener={"stream_idle_timeout": "0.4s"}))
+    out = _read_all_of(gm.port(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200") and b"first" in out and not out.endswith(b"0\r\n\r\n")
+    assert gm.access(1)[0]["flags"] == "UT"
+    up.stop()
+
+
 def test_limits_read_from_envoys_connection_manager():
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network."
                     "http_connection_manager.v3.HttpConnectionManager",
            "rds": {"route_config_name": "r", "config_source": {"ads": {}}},
-           "request_headers_timeout": "0s", "common_http_protocol_options": {
+           "request_headers_timeout": "0s", "stream_idle_timeout": "0s",
+           "common_http_protocol_options": {
                "max_headers_count": 50, "max_stream_duration": "2.5s"},
            "http2_protocol_options": {"max_concurrent_streams": 7}}
     config = load_dict({"xds": {"server": "127.0.0.1:1", "node": {"id": "n"}}, "listeners": [{
@@ -369,7 +416,8 @@ def test_limits_read_from_envoys_connection_manager():
             "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}]})
     [lst] = config.listeners
     assert (lst.max_headers_count, lst.request_headers_timeout, lst.max_concurrent_streams,
-            lst.max_stream_duration) == (50, None, 7, 2.5)  # 0s: off, as Envoy
+            lst.max_stream_duration, lst.stream_idle_timeout) == (50, None, 7, 2.5, None)
+    # 0s: off, as Envoy
     assert load_dict({}).listeners == ()
     [cluster] = load_dict(mesh_config(["127.0.0.1:1"], cluster={
         "per_connection_buffer_limit_bytes": 4096})).clusters
@@ -383,8 +431,8 @@ def test_limits_read_from_envoys_connection_manager():
     assert (defaults.max_headers_count, defaults.request_headers_timeout,
             defaults.max_concurrent_streams, defaults.max_connections,
             defaults.max_stream_duration, defaults.max_frame_size,
-            defaults.per_connection_buffer_limit_bytes) == (100, 60.0, 100, None, None, None,
-                                                            1 << 20)
+            defaults.per_connection_buffer_limit_bytes, defaults.stream_idle_timeout) == (
+        100, 60.0, 100, None, None, None, 1 << 20, 300.0)
 
 
 @pytest.mark.parametrize(("listener", "error"), [
@@ -395,6 +443,7 @@ def test_limits_read_from_envoys_connection_manager():
     ({"per_connection_buffer_limit_bytes": 0},
      "listeners[0].per_connection_buffer_limit_bytes: expected a positive integer"),
     ({"max_stream_duration": "soon"}, "listeners[0].max_stream_duration:"),
+    ({"stream_idle_timeout": -1}, "listeners[0].stream_idle_timeout:"),
 ])
 def test_limit_errors_name_their_key(listener, error):
     with pytest.raises(ConfigError) as e:

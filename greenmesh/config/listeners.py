@@ -41,7 +41,7 @@ _CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
 _OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log",
         "accept_http_10", "max_headers_count", "request_headers_timeout",
         "max_concurrent_streams", "max_stream_duration", "max_frame_size",
-        "per_connection_buffer_limit_bytes")
+        "per_connection_buffer_limit_bytes", "stream_idle_timeout")
 
 
 def frame_size(value: Any) -> int:
@@ -98,7 +98,8 @@ def listener(r: Reader, v: Any, path: str
                          ("max_concurrent_streams", positive),
                          ("max_stream_duration", optional_duration),
                          ("max_frame_size", frame_size),
-                         ("per_connection_buffer_limit_bytes", positive)):
+                         ("per_connection_buffer_limit_bytes", positive),
+                         ("stream_idle_timeout", optional_duration)):
         if key not in values or key in own:
             src, src_path = own.get(key, (obj, path))
             values[key] = r.field(src, src_path, key, convert,
@@ -141,6 +142,7 @@ def _filter_chain(r: Reader, obj: dict, path: str, own: dict[str, tuple[dict, st
 # for the manager itself; field, spelled as the listener's; converter).
 _HCM_SETTINGS = (("", "max_request_headers_kb", positive),
                  ("", "request_headers_timeout", optional_duration),
+                 ("", "stream_idle_timeout", optional_duration),
                  ("http_protocol_options", "accept_http_10", boolean),
                  ("http2_protocol_options", "max_concurrent_streams", positive),
                  ("common_http_protocol_options", "idle_timeout", duration),
@@ -154,7 +156,8 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
     hcm = typed(r, v, path, "HttpConnectionManager",
                 ("codec_type", "stat_prefix", "rds", "route_config", "http_filters",
                  "max_request_headers_kb", "common_http_protocol_options",
-                 "http_protocol_options", "http2_protocol_options", "request_headers_timeout"),
+                 "http_protocol_options", "http2_protocol_options", "request_headers_timeout",
+                 "stream_idle_timeout"),
                 refuse=("scoped_routes",))
     if hcm is None:
         return None

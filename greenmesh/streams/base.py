@@ -88,6 +88,14 @@ class DownstreamError(StreamError):
         self.status = status
 
 
+class DownstreamTimeout(DownstreamError):
+    """The client sent nothing of its request body for the listener's stream idle timeout:
+    answered 408 with SI, as Envoy's stream_idle_timeout."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 408)
+
+
 class FilterError(DownstreamError):
     """A stream filter failed (it raised) or ended the stream (``ResetStream``): the proxy
     answers ``status`` (500) with ``flag`` if it still can, else resets the stream. Defined here,
@@ -380,6 +388,8 @@ class ServerOptions:
     accept_http10: bool = False
     #: Header fields in a request head before 431.
     max_headers: int = 100
+    #: A request body that sends nothing for this long: DownstreamTimeout (None: no limit).
+    stream_idle_timeout: float | None = None
     #: From a request's first byte to the end of its head, then 408 (None: no limit).
     request_headers_timeout: float | None = None
     #: Streams (HTTP/2) or requests in flight (RPC) at once on the connection.

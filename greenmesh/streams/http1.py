@@ -24,6 +24,7 @@ from greenmesh.streams.base import (
     ConnectionState,
     ConnTunnel,
     DownstreamError,
+    DownstreamTimeout,
     Headers,
     MessageState,
     RequestHead,
@@ -160,7 +161,12 @@ class _ServerConnection(ServerConnection):
                 raise self.parser.error
             if not block:
                 return WOULD_BLOCK
-            timeout = self.opts.idle_timeout
+            opts = self.opts
+            timeout = opts.idle_timeout
+            idle = opts.stream_idle_timeout
+            if self.current is not None and idle is not None and (timeout is None
+                                                                  or idle < timeout):
+                timeout = idle  # within a request body
             deadline = self._head_deadline if self.current is None else None
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -287,6 +293,9 @@ class Http1ServerStream(ServerStream):
         except ParseError as e:
             sc.state = ConnectionState.DRAINING
             raise DownstreamError(f"bad request body: {e}", status=e.status) from None
+        except ConnTimeout:
+            sc.state = ConnectionState.DRAINING
+            raise DownstreamTimeout("the request body stalled (stream idle timeout)") from None
         except ConnError as err:
             raise DownstreamError(f"downstream: {err}") from None
         if ev is WOULD_BLOCK:

@@ -13,6 +13,7 @@ from greenmesh.streams.base import (
     Chunk,
     ConnectionState,
     DownstreamError,
+    DownstreamTimeout,
     Headers,
     RequestHead,
     ResponseHead,
@@ -21,6 +22,7 @@ from greenmesh.streams.base import (
     ServerStream,
     StreamError,
     StreamHandler,
+    StreamTimeout,
     Tunnel,
 )
 from greenmesh.streams.http2.connection import (
@@ -198,7 +200,11 @@ class Http2ServerStream(ServerStream):
     def read_body(self, block: bool = True) -> Chunk:
         if self._body_done:
             return None
-        item = self.c.read(self.s, None, block)
+        c = self.c
+        try:
+            item = c.read(self.s, c.opts.stream_idle_timeout, block)
+        except StreamTimeout:
+            raise DownstreamTimeout("the request body stalled (stream idle timeout)") from None
         if item is WOULD_BLOCK:
             return item
         if item[0] == DATA:
