@@ -128,11 +128,11 @@ def _stat(admin: int) -> dict[str, int]:
     import http.client
     conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
     try:
-        conn.request("GET", "/stats")
-        text = conn.getresponse().read().decode()
+        conn.request("GET", "/stats?format=json")
+        entries = json.loads(conn.getresponse().read())["stats"]
     finally:
         conn.close()
-    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+    return {e["name"]: e["value"] for e in entries if "name" in e}
 
 
 def _fds(pid: int) -> int:

@@ -55,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logging_setup = configure(args.log_level, args.log_format)
     _raise_file_limit()
-    mesh = Mesh(config, access_log=logging_setup.access_log(), filters=filters)
+    mesh = Mesh(config, access_log=logging_setup.access_log(), filters=filters,
+                set_log_level=logging_setup.set_level)
     # The handlers go in before the listeners accept: a SIGTERM that comes as soon as the first
     # request is answered still drains (it used to find the default action, on a loaded box).
     stop_asked = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop_asked.set)
     gevent.signal_handler(signal.SIGINT, stop_asked.set)
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(_reload, mesh, args.config, filters))
     try:
         mesh.start()
     except OSError as e:
@@ -80,6 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     gevent.spawn(stop_when_asked)
     mesh.wait()
     return 0
+
+
+def _reload(mesh, path: str, filters) -> None:
+    """SIGHUP: the file again. Refused whole if it has an error (the old config serves on);
+    else applied with what did not change left alone."""
+    import structlog
+
+    from greenmesh.config import ConfigError, load_file
+    log = structlog.get_logger("greenmesh")
+    try:
+        config = load_file(path, filters=filters)
+    except ConfigError as e:
+        log.error("config_reload_refused", path=path, errors=e.errors)
+        return
+    changes = mesh.reload(config)
+    if changes:
+        log.info("config_reloaded", path=path, **changes)
+    else:
+        log.info("config_unchanged", path=path)
 
 
 def _raise_file_limit() -> None:

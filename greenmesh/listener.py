@@ -66,6 +66,10 @@ class Listener:
         assert isinstance(address, tuple)
         return address[0], address[1]
 
+    @property
+    def active_connections(self) -> int:
+        return self._open
+
     def start(self) -> None:
         a = self.config.address
         server = StreamServer((a.host, a.port), self._handle, spawn=self._spawn, backlog=1024)
@@ -133,6 +137,7 @@ class Listener:
             else:
                 protocol = self._protocol or self._detect(conn)
             if protocol is not None:
+                stats.inc(f"{self._prefix}downstream_cx_{protocol.name}_total")
                 opts = ServerOptions(peer=peer, scheme=self._scheme,
                                      max_header_bytes=self.config.max_request_headers_kb * 1024,
                                      idle_timeout=self.config.idle_timeout, count=self._count,
@@ -144,7 +149,7 @@ class Listener:
                                      max_frame_size=self.config.max_frame_size,
                                      buffer_limit=self.config.per_connection_buffer_limit_bytes,
                                      rejected=self.proxy.rejected)
-                sc = protocol.server(conn, opts, self.proxy.handle)
+                sc = protocol.server(conn, opts, self.proxy.handler(protocol.name))
                 self._servers.add(sc)
                 if self._draining:  # the listener began to drain while this one was sniffed
                     sc.drain()

@@ -34,14 +34,40 @@ class _StructlogLogger:
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
+_METHODS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+            "warn": logging.WARNING, "error": logging.ERROR, "exception": logging.ERROR,
+            "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+
+
+def _leveled_logger(threshold: list[int]) -> type:
+    """A bound-logger class whose methods below ``threshold[0]`` return at once, like
+    structlog's filtering loggers, but with a threshold that admin's /logging can move (the
+    loggers are cached on first use, so their class cannot be swapped afterwards)."""
+    def method(name: str, number: int):
+        def log(self, event: str | None = None, *args: object, **kw: object) -> None:
+            if number < threshold[0]:
+                return None
+            if name == "exception":
+                kw.setdefault("exc_info", True)
+            return self._proxy_to_logger(name, event, **kw)
+        return log
+    return type("LeveledBoundLogger", (structlog.BoundLoggerBase,),
+                {name: method(name, number) for name, number in _METHODS.items()})
+
+
 class Setup:
     """What ``configure`` set up: how the access log is written, and the lines' writer."""
 
-    __slots__ = ("_access_log", "_writer")
+    __slots__ = ("_access_log", "_writer", "_threshold")
 
-    def __init__(self, access_log: AccessLog | None, writer: LineWriter):
+    def __init__(self, access_log: AccessLog | None, writer: LineWriter, threshold: list[int]):
         self._access_log = access_log
         self._writer = writer
+        self._threshold = threshold
+
+    def set_level(self, level: str) -> None:
+        """Lines below ``level`` are dropped from now on (admin's POST /logging)."""
+        self._threshold[0] = logging.getLevelNamesMapping()[level.upper()]
 
     def access_log(self) -> AccessLog | None:
         return self._access_log
@@ -67,6 +93,7 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
     writer = LineWriter(stream)
     atexit.register(writer.flush)
     logger = _StructlogLogger(writer)
+    threshold = [logging.getLevelNamesMapping()[level.upper()]]
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -74,12 +101,10 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=_leveled_logger(threshold),
         logger_factory=lambda *args: logger,
         cache_logger_on_first_use=True,
     )
-    number = logging.getLevelNamesMapping()[level.upper()]
-    if number > logging.INFO:
-        return Setup(None, writer)
-    return Setup(JsonAccessLog(writer.line) if fmt == "json" else AccessLog(), writer)
+    if threshold[0] > logging.INFO:
+        return Setup(None, writer, threshold)
+    return Setup(JsonAccessLog(writer.line) if fmt == "json" else AccessLog(), writer, threshold)

@@ -6,6 +6,10 @@ as needed: all its state hangs off the instance, none off a module.
 
 from __future__ import annotations
 
+import enum
+import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gevent
@@ -32,14 +36,35 @@ if TYPE_CHECKING:
 log = structlog.get_logger("greenmesh")
 
 
+class ServerState(enum.Enum):
+    """Envoy's server states, as /ready and /server_info say them."""
+
+    PRE_INITIALIZING = "PRE_INITIALIZING"  # started, the control plane's first fetch not done
+    LIVE = "LIVE"
+    DRAINING = "DRAINING"  # stopping, listeners drained, or the health check failed by admin
+    STOPPED = "STOPPED"
+
+
+def _stdlib_level(level: str) -> None:
+    """An embedded mesh's /logging: greenmesh's loggers in the host's standard logging."""
+    logging.getLogger("greenmesh").setLevel(level.upper())
+
+
 class Mesh:
     def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None,
-                 access_log: AccessLog | None = None, filters: FilterRegistry | None = None):
+                 access_log: AccessLog | None = None, filters: FilterRegistry | None = None,
+                 set_log_level: Callable[[str], None] | None = None):
         """``access_log``: where listeners write their access-log lines (default: through
         structlog, so an embedding application's logging configuration applies).
         ``filters``: the filter types (default: those that ship, and entry points); a config
-        naming an application's own types must have been loaded with the same registry."""
+        naming an application's own types must have been loaded with the same registry.
+        ``set_log_level``: what admin's POST /logging?level= calls (the CLI's structlog set-up;
+        by default the ``greenmesh`` logger of the standard logging)."""
         self.config = config
+        self.set_log_level = set_log_level or _stdlib_level
+        self.started_at = 0.0  # wall clock, for /server_info's uptime
+        self.health_failed = False  # admin's POST /healthcheck/fail
+        self.listeners_drained = False  # admin's POST /drain_listeners
         self._access_log = access_log or AccessLog()
         self.registry = registry or default_registry()
         self.filters = filters or FilterRegistry()
@@ -82,8 +107,17 @@ class Mesh:
             self.xds = XdsClient(cfg.xds, self)
             self.xds.start()
         self.running = True
+        self.started_at = time.time()
+        self.health_failed = self.listeners_drained = False
         self._stopped.clear()
-        log.info("mesh_started", listeners=len(self.listeners), clusters=len(cfg.clusters),
+        from greenmesh import __version__
+        log.info("mesh_started", version=__version__,
+                 listeners={name: f"{lst.address[0]}:{lst.address[1]}"
+                            for name, lst in self.listeners.items()},
+                 admin=(f"{self.admin.address[0]}:{self.admin.address[1]}"
+                        if self.admin is not None else None),
+                 xds=str(cfg.xds.server) if cfg.xds is not None else None,
+                 clusters=len(cfg.clusters), workers=1,
                  max_downstream_connections=self.overload.max_connections,
                  connection_limit_from=self.overload.limit_source)
         return self
@@ -105,6 +139,30 @@ class Mesh:
         self.overload.stop()
         self._stopped.set()
         log.info("mesh_stopped")
+
+    def dynamic_cluster_names(self) -> set[str]:
+        return set(self._dynamic_clusters)
+
+    @property
+    def state(self) -> ServerState:
+        if not self.running:
+            return ServerState.STOPPED if self._stopped.is_set() else ServerState.DRAINING
+        if self.health_failed or self.listeners_drained:
+            return ServerState.DRAINING
+        if self.xds is not None and not self.xds.initialized.is_set():
+            return ServerState.PRE_INITIALIZING
+        return ServerState.LIVE
+
+    def drain_listeners(self) -> None:
+        """Envoy's graceful /drain_listeners: every listener stops accepting and its
+        connections drain (HTTP/1.1 ``connection: close``, HTTP/2 GOAWAY); admin stays."""
+        self.listeners_drained = True
+        listeners, self.listeners = list(self.listeners.values()), {}
+        self._dynamic_listeners.clear()
+        for lst in listeners:
+            lst.close_listening()
+            gevent.spawn(lst.stop, self.config.drain_timeout)
+        log.info("listeners_draining", listeners=[lst.config.name for lst in listeners])
 
     def _start_listener(self, lc: model.Listener) -> Listener:
         name = lc.route_config
@@ -148,9 +206,59 @@ class Mesh:
                     old.close_listening()  # its port is free at once; its connections drain
                     gevent.spawn(old.stop, cfg.drain_timeout)
             for name, lc in wanted.items():
-                if name not in self.listeners:
+                if name not in self.listeners and not self.listeners_drained:
                     self._start_listener(lc)
                     self._dynamic_listeners.add(name)
+
+    def reload(self, new: model.MeshConfig) -> dict[str, list[str]]:
+        """A new static config (SIGHUP), applied through the same swaps as xDS updates: what
+        did not change is not touched (its listeners keep their connections, its clusters their
+        pools). Returns what changed, by kind; admin, xds and overload_manager changes need a
+        restart (said in the result, as ``restart_needed``)."""
+        old, self.config = self.config, new
+        changes: dict[str, list[str]] = {}
+
+        def diff(kind: str, before: dict, after: dict) -> tuple[list, list[str]]:
+            changed = [v for k, v in after.items() if before.get(k) != v]
+            removed = [k for k in before if k not in after]
+            if changed or removed:
+                changes[kind] = sorted([*(v.name for v in changed), *removed])
+            return changed, removed
+
+        clusters, gone = diff("clusters", {c.name: c for c in old.clusters},
+                              {c.name: c for c in new.clusters})
+        if clusters or gone:
+            self._dynamic_clusters -= {c.name for c in clusters}  # a static name wins
+            self.clusters.update(clusters, remove=gone)
+        routes, gone_routes = diff("route_configs", {rc.name: rc for rc in old.route_configs},
+                                   {rc.name: rc for rc in new.route_configs})
+        if routes or gone_routes:
+            tables = dict(self._routes)
+            for name in gone_routes:
+                tables.pop(name, None)
+            for rc in routes:
+                tables[rc.name] = RouteTable(rc)
+            self._routes = tables
+        listeners, gone_listeners = diff("listeners", {lc.name: lc for lc in old.listeners},
+                                         {lc.name: lc for lc in new.listeners})
+        for name in [*gone_listeners, *(lc.name for lc in listeners)]:
+            running = self.listeners.pop(name, None)
+            if running is not None:
+                running.close_listening()  # its port is free at once; its connections drain
+                gevent.spawn(running.stop, new.drain_timeout)
+        if not self.listeners_drained:
+            for lc in listeners:
+                try:
+                    self._start_listener(lc)
+                except OSError as e:  # its address is taken: the rest applies, this is said
+                    log.error("listener_start_failed", listener=lc.name,
+                              address=str(lc.address), error=str(e))
+                    changes.setdefault("failed", []).append(lc.name)
+        restart = [key for key in ("admin", "xds", "overload")
+                   if getattr(old, key) != getattr(new, key)]
+        if restart:
+            changes["restart_needed"] = restart
+        return changes
 
     def wait(self) -> None:
         """Blocks until ``stop()``."""

@@ -24,6 +24,8 @@ class Endpoint:
     address: Address
     weight: int = 1
     priority: int = 0  # 0 first; higher levels take the load the lower ones cannot
+    # Envoy's locality as region/zone/sub_zone (EDS), shown by /clusters.
+    locality: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from greenmesh.mirror import send_mirror
 from greenmesh.overload import OverloadManager
 from greenmesh.retry import RetryState
 from greenmesh.router import CompiledRoute, RouteTable
-from greenmesh.stats import Stats
+from greenmesh.stats import RequestStats, Stats
 from greenmesh.streams.base import (
     WOULD_BLOCK,
     Chunk,
@@ -36,6 +36,7 @@ from greenmesh.streams.base import (
     ResponseHead,
     ServerStream,
     StreamError,
+    StreamHandler,
     StreamReset,
     StreamTimeout,
     Tunnel,
@@ -51,7 +52,9 @@ IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b
 REPLAY_LIMIT: Final = 64 * 1024
 
 _monotonic: Final = time.monotonic
-_STATUS_CLASS: Final = tuple(f"downstream_rq_{c}xx" for c in range(6))  # not formatted per request
+# Envoy's cluster counters that a request's response flags imply.
+_CLUSTER_FAILURE_STATS: Final = {ResponseFlag.UPSTREAM_REQUEST_TIMEOUT: "rq_timeout",
+                                 ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED: "rq_retry_limit_exceeded"}
 _OVERLOADED: Final = [(b"x-envoy-overloaded", b"true")]
 _UF: Final = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
 _IE: Final = ResponseFlag.INTERNAL_ERROR
@@ -253,10 +256,23 @@ class Proxy:
         self._stats = stats
         self._access_log = access_log
         self._tunnel_idle = tunnel_idle_timeout
+        self._rq = RequestStats(stats, f"http.{listener}.downstream_")
+        self._protocol_totals: dict[str, str] = {}
 
-    def handle(self, stream: ServerStream) -> None:
-        """Serves one stream; never raises (one bad request must not end the connection loop)."""
+    def handler(self, protocol: str) -> StreamHandler:
+        """What a connection of ``protocol`` calls with each of its streams."""
+        key = self._protocol_totals.get(protocol)
+        if key is None:
+            key = self._protocol_totals[protocol] = \
+                f"http.{self.listener}.downstream_rq_{protocol}_total"
+            self._stats.inc(key, 0)
+        return lambda stream: self.handle(stream, key)
+
+    def handle(self, stream: ServerStream, protocol_total: str = "") -> None:
+        """Serves one stream; never raises (one bad request must not end the connection loop).
+        ``protocol_total``: the stat counting the requests of the stream's protocol."""
         start = _monotonic()
+        self._rq.start()
         chain = self._filters
         ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
         timer = None
@@ -314,22 +330,34 @@ class Proxy:
                 ex.flags.extend(f for f in sf.flags if f not in ex.flags)
             metadata = sf.metadata or None
         status = ex.status
-        stats = self._stats
-        stats.inc("downstream_rq_total")
-        stats.inc(_STATUS_CLASS[status // 100] if 0 < status < 600 else "downstream_rq_reset")
+        took = _monotonic() - start
+        self._rq.done(status, took)
+        if protocol_total:
+            self._stats.counters[protocol_total] += 1
+        if ex.flags and ex.cluster is not None:
+            self._count_failure(ex)
         if self._access_log is not None:
             req = stream.request
             self._access_log.log(self.listener, req.method, req.authority, req.path, status,
                                  render_flags(ex.flags), ex.bytes_in, ex.bytes_out,
-                                 int((_monotonic() - start) * 1e6), ex.cluster,
-                                 ex.upstream, ex.error, metadata)
+                                 int(took * 1e6), ex.cluster, ex.upstream, ex.error, metadata)
+
+    def _count_failure(self, ex: _Exchange) -> None:
+        """The cluster's counters of why requests failed, from their response flags."""
+        assert ex.cluster is not None
+        cluster = self._clusters.get(ex.cluster)
+        cs = cluster.stats if cluster is not None else None
+        if cs is None:
+            return
+        for flag in ex.flags:
+            name = _CLUSTER_FAILURE_STATS.get(flag)
+            if name is not None:
+                cs.count(name)
 
     def rejected(self, status: int, method: bytes, path: bytes, details: str) -> None:
         """A request its codec answered itself (400, 431...: no stream was made): counted and
         logged as Envoy's are, with DPE."""
-        stats = self._stats
-        stats.inc("downstream_rq_total")
-        stats.inc(_STATUS_CLASS[status // 100])
+        self._rq.refused(status)
         if self._access_log is not None:
             self._access_log.log(self.listener, method, b"", path, status,
                                  ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, 0, 0, 0, None,
@@ -463,6 +491,7 @@ class Proxy:
                     reply = sf.after_host()
                     if reply is not None:
                         raise _Answer(reply)
+            began = _monotonic()
             try:
                 cs = host.pool.new_stream(timeout)
             except PoolOverflow:
@@ -470,7 +499,7 @@ class Proxy:
                               _OVERLOADED) from None
             except StreamReset as e:  # a connect failure, or the host left while we waited
                 ex.error = str(e)
-                cluster.record(host, 0)
+                cluster.record(host, 0, began)
                 if retries.on_reset(e.reason, _replayable(stream, ex)):
                     continue
                 raise self._give_up(retries, _answer(
@@ -481,10 +510,10 @@ class Proxy:
                               b"upstream request timeout") from None
             try:
                 self._exchange(stream, cs, ex, timeout, attempt, retries)
-                cluster.record(host, ex.status)
+                cluster.record(host, ex.status, began)
                 return
             except _RetryStatus as r:
-                cluster.record(host, r.status)
+                cluster.record(host, r.status, began)
                 cs.reset("retrying")
                 continue
             except StreamError as err:
@@ -497,9 +526,9 @@ class Proxy:
                 if (type(err) is StreamReset and stale_retry and cs.reused
                         and not cs.response_started and replayable):
                     stale_retry = False
-                    self._stats.inc("upstream_rq_retry")
+                    self._stats.inc(f"cluster.{cluster.name}.upstream_rq_retry")
                     continue  # a stale keep-alive connection: once more on another
-                cluster.record(host, 0)
+                cluster.record(host, 0, began)
                 reason = err.reason if isinstance(err, StreamReset) else None
                 if retries.on_reset(reason, replayable):
                     continue

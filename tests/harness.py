@@ -151,7 +151,7 @@ class Greenmesh:
             text = conn.getresponse().read().decode()
         finally:
             conn.close()
-        return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+        return parse_stats(text)
 
     def host_value(self, cluster: str, host: str, name: str) -> str:
         """A host's entry in the admin's /clusters (Envoy's ``cluster::host::name::value``)."""
@@ -222,6 +222,16 @@ class Greenmesh:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """The counters and gauges of the admin's /stats text (histogram lines left out)."""
+    out = {}
+    for line in text.splitlines():
+        name, value = line.split(": ", 1)
+        if value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
 
 
 def mesh_config(endpoints: list[str], *, port: int | None = None, timeout: str = "15s",

@@ -10,7 +10,7 @@ import time
 from greenmesh.streams.xprotocol.bolt import BoltCodec
 from greenmesh.streams.xprotocol.stream import RequestIds
 from tests.boltpeer import BoltClient, BoltServer, heartbeat, request
-from tests.harness import free_port, mesh_config, raw_request, rss_kb, until
+from tests.harness import free_port, mesh_config, parse_stats, raw_request, rss_kb, until
 
 SERVICE = "com.example.EchoService:1.0"
 
@@ -28,8 +28,7 @@ def stats(cfg: dict) -> dict[str, int]:
     port = int(cfg["admin"]["address"].rsplit(":", 1)[1])
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/stats")
-    return {k: int(v) for k, v in (line.split(": ") for line in
-                                   conn.getresponse().read().decode().splitlines())}
+    return parse_stats(conn.getresponse().read().decode())
 
 
 def test_out_of_order_responses_each_matched_to_its_request(start_mesh):

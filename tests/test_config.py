@@ -66,6 +66,12 @@ def test_validate_ok_for_good_and_shipped_configs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "greenmesh.cli", "--validate"], cwd=ROOT,
                        capture_output=True, text=True, timeout=30)
     assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+    examples = sorted((ROOT / "etc" / "examples").glob("*.yaml"))
+    assert examples
+    for path in [ROOT / "etc" / "mesh-xds.yaml", *examples]:
+        r = subprocess.run([sys.executable, "-m", "greenmesh.cli", "--validate", "--config",
+                            str(path)], cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert (r.returncode, r.stdout) == (0, "ok\n"), (path, r.stderr)
 
 
 def test_validate_reports_every_error_with_its_path(tmp_path):
@@ -90,6 +96,24 @@ def test_second_cluster_endpoint_path(tmp_path):
 """
     assert errors(text) == ["clusters[1].endpoints[0].address: expected host:port"]
 
+
+def test_validate_refuses_clashing_addresses_bad_ports_and_nothing_to_serve(tmp_path):
+    both = GOOD.replace("listeners:\n", "listeners:\n  - {name: twin, address: "
+                        "0.0.0.0:18080, route_config: default}\n", 1)
+    twin = load_text(GOOD).listeners[0]
+    clash = GOOD.replace("listeners:\n", "listeners:\n  - {name: twin, address: "
+                         f"'0.0.0.0:{twin.address.port}', route_config: default}}\n", 1)
+    assert load_text(both).listeners[0].name == "twin"  # another port: fine
+    assert errors(clash) == [f"listeners[1].address: 127.0.0.1:{twin.address.port} is also "
+                             "the address of listeners[0] ('twin')"]
+    assert errors(GOOD.replace(f"127.0.0.1:{twin.address.port}", "127.0.0.1:99999")) == [
+        "listeners[0].address: expected a port between 1 and 65535"]
+    assert errors(GOOD.replace("127.0.0.1:8080", "127.0.0.1:70000")) == [
+        "clusters[0].endpoints[0].address: expected a port between 1 and 65535"]
+    r = validate(tmp_path, "")
+    assert r.returncode == 1 and r.stderr == (
+        f"{tmp_path / 'c.yaml'}: nothing to serve: give listeners, an xds control plane, or "
+        "route_configs (for the in-process client)\n")
 
 def test_unknown_keys_and_missing_keys():
     errs = errors("""
@@ -136,7 +160,8 @@ def test_bad_yaml_and_bad_shapes():
     assert errors("listeners: [\n  {name: a,\n")[0].startswith("config:3:1: invalid YAML")
     assert errors("- just\n- a list\n") == ["config: expected a mapping at the top level"]
     assert errors("clusters: {name: c}") == ["clusters: expected a list"]
-    assert errors("admin: {address: 1.2.3.4:99999}") == ["admin.address: expected host:port"]
+    assert errors("admin: {address: 1.2.3.4:99999}") == [
+        "admin.address: expected a port between 1 and 65535"]
 
 
 def test_missing_file_and_bad_config_at_start(tmp_path):

@@ -100,7 +100,7 @@ def test_local_reply_and_a_blocking_call_from_a_filter(upstream, start_mesh):
     entries = gm.access(3)
     assert [e["status"] for e in entries] == [403, 429, 200]
     assert entries[2]["metadata"] == {"quota": {"status": 200}}  # dynamic metadata logged
-    assert gm.stat("downstream_rq_4xx") == 2
+    assert gm.stat("http.ingress.downstream_rq_4xx") == 2
 
 
 def test_a_raising_filter_costs_only_its_own_stream(upstream, start_mesh):

@@ -363,8 +363,8 @@ def test_requests_the_codec_refuses_are_counted_and_logged(upstream, start_mesh)
     assert raw_request(gm.port(), b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")
     big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 10000 + b"\r\n\r\n"
     assert raw_request(gm.port(), big).startswith(b"HTTP/1.1 431")
-    assert gm.wait_stat("downstream_rq_4xx", 2) == 2
-    assert gm.stat("downstream_rq_total") == 2
+    assert gm.wait_stat("http.ingress.downstream_rq_4xx", 2) == 2
+    assert gm.stat("http.ingress.downstream_rq_total") == 2
     lines = [(e["status"], e["flags"], e["details"]) for e in gm.access(2)]
     assert lines == [(400, "DPE", "missing host header"), (431, "DPE", "headers too large")]
 

@@ -272,7 +272,7 @@ def test_oversized_request_headers_get_431_on_their_stream_only(upstream, start_
     other.close()
     paths = {e["path"] for e in gm.access()}
     assert "/big" not in paths and "/after" in paths  # refused before the proxy saw them
-    assert gm.wait_stat("downstream_rq_4xx", 2) == 2  # but counted and logged, with DPE
+    assert gm.wait_stat("http.ingress.downstream_rq_4xx", 2) == 2  # but counted and logged, with DPE
     assert [e["flags"] for e in gm.access() if e["status"] == 431] == ["DPE", "DPE"]
 
 

@@ -56,7 +56,7 @@ def test_admin_endpoints(upstream, start_mesh):
     conn.getresponse().read()
     assert get("/ready") == (200, "LIVE\n")
     status, stats = get("/stats")
-    assert status == 200 and "downstream_rq_2xx: 1\n" in stats
+    assert status == 200 and "http.ingress.downstream_rq_2xx: 1\n" in stats
     assert "cluster.backend.upstream_cx_total: 1\n" in stats
     status, clusters = get("/clusters")
     assert f"backend::{upstream.address}::cx_idle::1\n" in clusters

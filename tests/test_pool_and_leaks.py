@@ -12,7 +12,15 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.harness import ROOT, RawUpstream, free_port, mesh_config, raw_request, until
+from tests.harness import (
+    ROOT,
+    RawUpstream,
+    free_port,
+    mesh_config,
+    parse_stats,
+    raw_request,
+    until,
+)
 
 
 def get(port: int, path: str = "/", timeout: float = 10) -> http.client.HTTPResponse:
@@ -27,7 +35,7 @@ def get(port: int, path: str = "/", timeout: float = 10) -> http.client.HTTPResp
 def admin_stats(cfg: dict) -> dict[str, int]:
     port = int(cfg["admin"]["address"].rsplit(":", 1)[1])
     text = get(port, "/stats").body.decode()
-    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+    return parse_stats(text)
 
 
 def test_connect_timeout_is_503(start_mesh):
@@ -79,7 +87,7 @@ def test_idle_upstream_close_is_noticed_without_a_retry(start_mesh):
     assert get(gm.port()).body == b"ok"
     assert up.connections == 2
     stats = admin_stats(cfg)
-    assert "upstream_rq_retry" not in stats
+    assert "cluster.backend.upstream_rq_retry" not in stats
     assert stats["cluster.backend.upstream_cx_destroy"] == 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import time
 
-from tests.harness import RawUpstream, free_port, mesh_config, until
+from tests.harness import RawUpstream, free_port, mesh_config, parse_stats, until
 
 
 def failing(status: int = 503):
@@ -29,7 +29,7 @@ def get(port: int, path: str = "/", method: str = "GET", body: bytes | None = No
 def stats(cfg: dict) -> dict[str, int]:
     port = int(cfg["admin"]["address"].rsplit(":", 1)[1])
     text = get(port, "/stats")[1].decode()
-    return {k: int(v) for k, v in (line.split(": ") for line in text.splitlines())}
+    return parse_stats(text)
 
 
 def test_retry_succeeds_on_another_host(upstream, start_mesh):

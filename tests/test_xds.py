@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import json
+import socket
 import threading
 
 import pytest
@@ -501,3 +503,38 @@ def test_bolt_over_cds(cp, start_mesh):
     assert (answer["status"], answer["content"]) == (0, b"echo:over xds")
     client.close()
     up.stop()
+
+
+def test_a_pushed_listener_accepts_only_once_its_routes_are_warm(cp, start_mesh, ups):
+    """Envoy's listener warming: an LDS listener whose RDS routes have not come does not
+    listen yet (it would answer 404 to everything); it starts when they come."""
+    gm, _, admin = xds_mesh(start_mesh, cp.port)
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    port = free_port()
+    cp.set(LDS, [listener("l2", port, "r2")])
+    assert cp.wait_for(lambda: any(list(r.resource_names) == ["r2"] for r in cp.requests
+                                   if r.type_url == RDS))
+    assert cp.wait_for(lambda: cp.acks(LDS))
+
+    def accepting() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except ConnectionRefusedError:
+            return False
+        return True
+    assert not accepting()
+    dump = json.loads(admin_get(admin, "/config_dump"))["configs"]
+    listeners = next(c for c in dump if c["@type"].endswith("ListenersConfigDump"))
+    assert [d["name"] for d in listeners["dynamic_listeners"] if "warming_state" in d] == ["l2"]
+    cp.set(RDS, [route_config("r2", "dyn")])
+    assert until(accepting)
+    assert get(port) == (200, "up1")
+
+
+def admin_get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()

@@ -115,6 +115,7 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None,
     _unique(r, [(p, c.name if c else None) for (p, _), c in zip(cpaths, clusters, strict=True)],
             "cluster")
     _check_references(r, obj, xds, listeners, [rc for _, rc in route_configs], clusters)
+    _distinct_addresses(r, [(p, lc) for (p, _), lc in zip(lpaths, listeners, strict=True)])
     if r.errors:
         raise ConfigError(r.errors)
     assert drain is not None
@@ -124,6 +125,26 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None,
                             admin=admin if admin is not INVALID else None, drain_timeout=drain,
                             xds=xds if xds is not INVALID else None,
                             overload=overload or model.Overload())
+
+
+_WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _distinct_addresses(r: Reader, listeners: list[tuple[str, model.Listener | None]]) -> None:
+    """Two listeners cannot bind one address (nor one port on a wildcard and on a host);
+    port 0 (any free port) never clashes."""
+    seen: list[tuple[str, model.Listener]] = []
+    for path, lc in listeners:
+        if lc is None or lc.address.port == 0:
+            continue
+        for other_path, other in seen:
+            a, b = lc.address, other.address
+            if a.port == b.port and (a.host == b.host or a.host in _WILDCARDS
+                                     or b.host in _WILDCARDS):
+                r.error(f"{path}.address", f"{a} is also the address of {other_path} "
+                                           f"({other.name!r})")
+                break
+        seen.append((path, lc))
 
 
 def _check_references(r: Reader, obj: dict, xds: model.Xds | None,
@@ -168,7 +189,11 @@ def load_text(text_: str, source: str = "config", protocols: Iterable[str] | Non
         mark = getattr(e, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise ConfigError([f"{where}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
-    return load_dict(data, protocols, filters)
+    config = load_dict(data, protocols, filters)
+    if not config.listeners and config.xds is None and not config.route_configs:
+        raise ConfigError([f"{source}: nothing to serve: give listeners, an xds control plane, "
+                           "or route_configs (for the in-process client)"])
+    return config
 
 
 def load_file(path: str, protocols: Iterable[str] | None = None,

@@ -255,6 +255,10 @@ def load_assignment(r: Reader, v: Any, path: str) -> tuple[model.Endpoint, ...] 
             continue
         lweight = r.field(lo, lpath, "load_balancing_weight", count, 0)
         priority = r.field(lo, lpath, "priority", count, 0)
+        where = r.mapping(lo.get("locality") or {}, join(lpath, "locality"),
+                          ("region", "zone", "sub_zone"))
+        locality = "/".join(str(where.get(k) or "") for k in ("region", "zone", "sub_zone")
+                            ).rstrip("/") if where else ""
         hosts = [(p, _lb_endpoint(r, e, p)) for p, e in r.items(lo, lpath, "lb_endpoints")]
         if weighted and not lweight:
             continue  # Envoy: without a weight a locality takes no traffic once any has one
@@ -266,7 +270,7 @@ def load_assignment(r: Reader, v: Any, path: str) -> tuple[model.Endpoint, ...] 
             address, weight, _ = h
             if scale is not None:
                 weight = max(1, round(weight * scale))
-            out.append(model.Endpoint(address, weight, priority or 0))
+            out.append(model.Endpoint(address, weight, priority or 0, locality))
     return None if r.failed_since(mark) else tuple(out)
 
 

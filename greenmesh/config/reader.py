@@ -218,8 +218,10 @@ def address(value: Any) -> model.Address:
         host, sep, p = value[1:].partition("]:")
     else:
         host, sep, p = value.rpartition(":")
-    if not sep or not host or not p.isdigit() or not 0 <= int(p) <= 65535:
+    if not sep or not host or not p.isdigit():
         raise Invalid("expected host:port")
+    if int(p) > 65535:  # the Envoy form's words (a listener may also give 0: any free port)
+        raise Invalid("expected a port between 1 and 65535")
     return model.Address(host, int(p))
 
 

@@ -65,7 +65,10 @@ class _Stream:
 
 
 class ControlPlane:
-    def __init__(self, port: int = 0, address: str = "127.0.0.1"):
+    def __init__(self, port: int = 0, address: str = "127.0.0.1", *, wait_for_set: bool = False):
+        """``wait_for_set``: a type nothing was set for is not answered (as go-control-plane
+        with no snapshot for the node), instead of with an empty version 0."""
+        self.wait_for_set = wait_for_set
         self.lock = threading.Lock()
         self.resources: dict[str, dict[str, object]] = {t: {} for t in (CDS, EDS, LDS, RDS)}
         self.packed: dict[str, dict[str, Any]] = {t: {} for t in self.resources}
@@ -160,7 +163,8 @@ class ControlPlane:
                 stream.names[req.type_url] = names
                 # Answer a first subscription, or one whose names changed; ACKs and NACKs
                 # need no answer.
-                if not req.response_nonce or known != names:
+                if (not req.response_nonce or known != names) and not (
+                        self.wait_for_set and not self.versions[req.type_url]):
                     stream.send(req.type_url)
         except grpc.RpcError:
             pass

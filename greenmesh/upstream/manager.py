@@ -17,7 +17,7 @@ import gevent
 
 from greenmesh import model, tls
 from greenmesh.cooperate import Slicer
-from greenmesh.stats import Stats
+from greenmesh.stats import RequestStats, Stats
 from greenmesh.streams import Registry
 from greenmesh.upstream import health, outlier
 from greenmesh.upstream.breakers import Breakers
@@ -68,8 +68,11 @@ class ClusterManager:
             slicer.tick()
             pool = reusable.get(ep.address) or make_pool(ep.address, protocol, config,
                                                          self._stats, ctx, breakers)
-            hosts.append(Host(ep.address, ep.weight, pool, healths.get(ep.address), ep.priority))
-        return ClusterSnapshot(config, tuple(hosts), self, breakers)
+            hosts.append(Host(ep.address, ep.weight, pool, healths.get(ep.address), ep.priority,
+                              ep.locality))
+        stats = (old.stats if old is not None else None) or RequestStats(
+            self._stats, f"cluster.{config.name}.upstream_", active=False)
+        return ClusterSnapshot(config, tuple(hosts), self, breakers, stats)
 
     def record(self, name: str, host: Host, status: int) -> None:
         """An upstream outcome for outlier detection; the host is matched by address, so a
@@ -95,7 +98,7 @@ class ClusterManager:
             if old is None:
                 return
             new = dict(self._clusters)
-            new[name] = ClusterSnapshot(old.config, old.hosts, self, old.breakers)
+            new[name] = ClusterSnapshot(old.config, old.hosts, self, old.breakers, old.stats)
             self._clusters = new
 
     def update(self, clusters: Iterable[model.Cluster], remove: Iterable[str] = ()) -> None:

@@ -21,9 +21,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gevent
+import gevent.event
 import gevent.queue
 import grpc
 import structlog
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("greenmesh.xds")
 
+# Envoy's short names of each type, for stats (xds.cds.update_success...).
+SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
 METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
 MAX_BACKOFF = 30.0
 
@@ -72,6 +75,15 @@ class _TypeState:
         self.nonce = ""
         self.names: set[str] = set()
         self.wildcard = wildcard
+
+
+class Dynamic(NamedTuple):
+    """What the control plane has given, as /config_dump shows it."""
+
+    clusters: list[model.Cluster]
+    listeners: list[model.Listener]
+    routes: list[tuple[model.RouteConfig, bool]]  # (config, inline in its listener)
+    endpoints: list[tuple[str, tuple[model.Endpoint, ...]]]
 
 
 class XdsClient:
@@ -95,7 +107,15 @@ class XdsClient:
         self._listeners: list[model.Listener] = []
         self._inline_routes: dict[str, model.RouteConfig] = {}
         self._rds_routes: dict[str, model.RouteConfig] = {}
+        self._routes_expired: set[str] = set()
         self.responses = 0
+        # type -> (version, wall-clock time) of the last update applied (for /config_dump).
+        self.applied: dict[str, tuple[str, float]] = {}
+        self._answered: set[str] = set()  # types the control plane has answered (ACK or NACK)
+        # Envoy's init manager: set once the first fetch of everything subscribed is done, or
+        # initial_fetch_timeout passed; /ready says PRE_INITIALIZING until then.
+        self.initialized = gevent.event.Event()
+        self._init_timer: gevent.Greenlet | None = None
 
     def register(self, type_url: str, handler: Callable[[list[Any]], None],
                  wildcard: bool = False) -> None:
@@ -109,9 +129,12 @@ class XdsClient:
         self._messages = _messages()
         fast.prepare()
         self._main = gevent.spawn(self._run)
+        self._init_timer = gevent.spawn_later(self.cfg.initial_fetch_timeout, self._init_timeout)
 
     def stop(self) -> None:
         self._stopped = True
+        if self._init_timer is not None:
+            self._init_timer.kill(block=False)
         if self._call is not None:
             self._call.cancel()
         if self._main is not None:
@@ -215,14 +238,55 @@ class XdsClient:
             detail = (f"greenmesh internal error applying these resources ({type(e).__name__}); "
                       "not a problem of the resources: see greenmesh's log")
         else:
-            self.mesh.stats.inc("xds.ack")
+            stats = self.mesh.stats
+            stats.inc("xds.ack")
+            stats.inc(f"xds.{SHORT.get(type_url, 'other')}.update_success")
+            self.applied[type_url] = (response.version_info, time.time())
             log.info("xds_ack", type_url=type_url.rsplit(".", 1)[1],
                      version=response.version_info, resources=len(resources))
             self._outbox.put(("ack", type_url, response.version_info, response.nonce))
+            self._answered.add(type_url)
+            self._check_initialized()
             return
         log.warning("xds_nack", type_url=type_url, version=response.version_info, error=detail)
         self.mesh.stats.inc("xds.nack")
+        self.mesh.stats.inc(f"xds.{SHORT.get(type_url, 'other')}.update_rejected")
         self._outbox.put(("nack", type_url, response.nonce, detail))
+        self._answered.add(type_url)
+        self._check_initialized()
+
+    @property
+    def connected(self) -> bool:
+        return self._call is not None
+
+    def dynamic(self) -> Dynamic:
+        return Dynamic(list(self._clusters.values()), list(self._listeners),
+                       [(rc, False) for rc in self._rds_routes.values()]
+                       + [(rc, True) for rc in self._inline_routes.values()],
+                       sorted(self._endpoints.items()))
+
+    # -- initialisation (Envoy's init manager) ------------------------------------------------
+    def pending(self) -> list[str]:
+        """What the first fetch still waits for: a type never answered, an EDS cluster's
+        endpoints, a listener's routes."""
+        out = [SHORT[t] for t in (CDS, LDS) if t not in self._answered]
+        out += [f"eds:{s}" for s in sorted(self.state[EDS].names)
+                if s not in self._endpoints and s not in self._warm_expired]
+        out += [f"rds:{n}" for n in sorted(self.state[RDS].names)
+                if n not in self._rds_routes and n not in self._routes_expired]
+        return out
+
+    def _check_initialized(self) -> None:
+        if not self.initialized.is_set() and not self.pending():
+            log.info("xds_initialized", versions={SHORT[t]: v for t, (v, _) in
+                                                  self.applied.items()})
+            self.initialized.set()
+
+    def _init_timeout(self) -> None:
+        if not self.initialized.is_set():
+            log.warning("xds_initial_fetch_timeout", waiting_for=self.pending(),
+                        timeout=self.cfg.initial_fetch_timeout)
+            self.initialized.set()
 
     def _convert(self, type_url: str, resources: list, build: Callable[[Reader, Any, str], Any]
                  ) -> list[tuple[str, Any]]:
@@ -271,6 +335,7 @@ class XdsClient:
             log.warning("xds_cluster_warming_timed_out", service=service)
             self._warm_expired.add(service)
             self._apply_clusters()
+            self._check_initialized()
 
     def _on_endpoints(self, resources: list) -> None:
         update = {}
@@ -308,12 +373,36 @@ class XdsClient:
         pairs = [built for _, built in self._convert(LDS, resources, listener)]
         self._listeners = [lst for lst, _ in pairs]
         self._inline_routes = {rc.name: rc for _, rc in pairs if rc is not None}
-        self._subscribe(RDS, {lst.route_config for lst, rc in pairs if rc is None})
+        rds = {lst.route_config for lst, rc in pairs if rc is None}
+        for name in rds - set(self._rds_routes) - self._routes_expired:
+            gevent.spawn_later(self.cfg.initial_fetch_timeout, self._routes_timeout, name)
+        self._subscribe(RDS, rds)
         self.mesh.apply_dynamic(route_configs=[*self._rds_routes.values(),
                                                *self._inline_routes.values()],
-                                listeners=self._listeners)
+                                listeners=self._warm_listeners())
 
     def _on_routes(self, resources: list) -> None:
         self._rds_routes = {rc.name: rc for _, rc in self._convert(RDS, resources, route_config)}
         self.mesh.apply_dynamic(route_configs=[*self._rds_routes.values(),
-                                               *self._inline_routes.values()])
+                                               *self._inline_routes.values()],
+                                listeners=self._warm_listeners())
+
+    def _routes_timeout(self, name: str) -> None:
+        if name not in self._rds_routes:
+            log.warning("xds_listener_warming_timed_out", route_config=name)
+            self._routes_expired.add(name)
+            self.mesh.apply_dynamic(listeners=self._warm_listeners())
+            self._check_initialized()
+
+    def _warm_listeners(self) -> list[model.Listener]:
+        """Listeners whose routes are known (or whose wait for them timed out), as Envoy's
+        listener warming: one still waiting keeps its previous version serving, if it had one."""
+        known = set(self._rds_routes) | set(self._inline_routes) | self._routes_expired
+        active = self.mesh.listeners
+        out = []
+        for lst in self._listeners:
+            if lst.route_config in known:
+                out.append(lst)
+            elif lst.name in active:
+                out.append(active[lst.name].config)
+        return out
