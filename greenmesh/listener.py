@@ -7,12 +7,14 @@ instead of being accepted and closed at once, which costs a core and serves nobo
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 import gevent
 import structlog
+from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
@@ -30,6 +32,22 @@ log = structlog.get_logger("greenmesh.listener")
 SNIFF_LIMIT: Final = 64
 SNIFF_TIMEOUT: Final = 10.0
 HANDSHAKE_TIMEOUT: Final = 10.0
+
+
+def _reuse_port_socket(host: str, port: int) -> gsocket.socket:
+    """A listening socket other processes may bind too (SO_REUSEPORT): the kernel spreads new
+    connections among them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = gsocket.socket(family, socket.SOCK_STREAM)  # gevent's: what StreamServer takes
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class Listener:
@@ -72,7 +90,12 @@ class Listener:
 
     def start(self) -> None:
         a = self.config.address
-        server = StreamServer((a.host, a.port), self._handle, spawn=self._spawn, backlog=1024)
+        if self.config.reuse_port:
+            server = StreamServer(_reuse_port_socket(a.host, a.port), self._handle,
+                                  spawn=self._spawn)
+        else:
+            server = StreamServer((a.host, a.port), self._handle, spawn=self._spawn,
+                                  backlog=1024)
         # Asked before each accept (gevent puts a pool's full() here the same way).
         server.full = self._full  # type: ignore[method-assign]
         server.start()

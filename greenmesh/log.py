@@ -55,6 +55,13 @@ def _leveled_logger(threshold: list[int]) -> type:
                 {name: method(name, number) for name, number in _METHODS.items()})
 
 
+def _tagged(worker: str):
+    def add_worker(logger: object, method: str, event: dict) -> dict:
+        event["worker"] = worker
+        return event
+    return add_worker
+
+
 class Setup:
     """What ``configure`` set up: how the access log is written, and the lines' writer."""
 
@@ -77,10 +84,10 @@ class Setup:
         self._writer.flush()
 
 
-def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None = None
-              ) -> Setup:
+def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None = None,
+              worker: str | None = None) -> Setup:
     """structlog for the CLI's process; the returned Setup gives the access log to use (None
-    when the level hides info lines)."""
+    when the level hides info lines). ``worker``: ``I/N``, on every line of a worker."""
     if stream is None:
         stream = sys.stdout
         if not stream.isatty():  # a bigger buffer than stdout's 8 KiB: fewer writes under load
@@ -96,6 +103,7 @@ def configure(level: str = "info", fmt: str | None = None, stream: TextIO | None
     threshold = [logging.getLevelNamesMapping()[level.upper()]]
     structlog.configure(
         processors=[
+            *([_tagged(worker)] if worker is not None else []),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

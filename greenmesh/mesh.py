@@ -53,7 +53,7 @@ def _stdlib_level(level: str) -> None:
 class Mesh:
     def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None,
                  access_log: AccessLog | None = None, filters: FilterRegistry | None = None,
-                 set_log_level: Callable[[str], None] | None = None):
+                 set_log_level: Callable[[str], None] | None = None, workers: int = 1):
         """``access_log``: where listeners write their access-log lines (default: through
         structlog, so an embedding application's logging configuration applies).
         ``filters``: the filter types (default: those that ship, and entry points); a config
@@ -61,6 +61,7 @@ class Mesh:
         ``set_log_level``: what admin's POST /logging?level= calls (the CLI's structlog set-up;
         by default the ``greenmesh`` logger of the standard logging)."""
         self.config = config
+        self.workers = workers  # processes serving the same addresses (this is one of them)
         self.set_log_level = set_log_level or _stdlib_level
         self.started_at = 0.0  # wall clock, for /server_info's uptime
         self.health_failed = False  # admin's POST /healthcheck/fail
@@ -117,7 +118,7 @@ class Mesh:
                  admin=(f"{self.admin.address[0]}:{self.admin.address[1]}"
                         if self.admin is not None else None),
                  xds=str(cfg.xds.server) if cfg.xds is not None else None,
-                 clusters=len(cfg.clusters), workers=1,
+                 clusters=len(cfg.clusters), workers=self.workers,
                  max_downstream_connections=self.overload.max_connections,
                  connection_limit_from=self.overload.limit_source)
         return self

@@ -340,6 +340,10 @@ class Listener:
     tls: TlsServer | None = None
     # HTTP/1.0 requests served (Envoy's http_protocol_options.accept_http_10); else 426.
     accept_http_10: bool = False
+    # The address is shared with other processes binding it the same way (SO_REUSEPORT: the
+    # kernel spreads connections), as workers and gunicorn workers each embedding a mesh do
+    # (Envoy's enable_reuse_port; off unless asked, so a port taken by mistake is an error).
+    reuse_port: bool = False
     # The stream filters every request passes before the router (which is always last).
     http_filters: tuple[HttpFilter, ...] = ()
 
@@ -397,3 +401,5 @@ class MeshConfig:
     # Drain time on stop: requests in flight get this long to finish.
     drain_timeout: float = field(default=5.0)
     overload: Overload = Overload()
+    # Processes serving the same listeners (the CLI's parent starts them; see workers.py).
+    workers: int = 1

@@ -4,7 +4,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 .venv/bin/python -m greenmesh.testing.upstream 8080 &
 upstream=$!
 trap 'kill $upstream 2>/dev/null' EXIT
-echo "greenmesh: listening on 127.0.0.1:15001 (admin 127.0.0.1:15000). Try:"
-echo "    curl -i http://127.0.0.1:15001/"
-echo "    curl -i --http2-prior-knowledge http://127.0.0.1:15001/"
+# greenmesh says what to try (its "try" line) once it listens, from the config it loaded.
 .venv/bin/greenmesh --config "${CONFIG:-etc/mesh.yaml}" "$@"

@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenmesh.testing.controlplane import CDS, LDS, ControlPlane
@@ -129,7 +130,8 @@ def test_server_info_help_and_what_is_not_allowed(upstream, start_mesh):
     info = json.loads(body)
     assert (info["state"], info["workers"]) == ("LIVE", 1) and info["version"]
     _, _, text = call(gm.admin_port, "/help")
-    for path in ("/stats/prometheus", "/config_dump", "/quitquitquit", "/drain_listeners"):
+    for path in ("/stats/prometheus", "/config_dump", "/quitquitquit", "/drain_listeners",
+                 "/listeners"):
         assert path in text
     # Commands that change something are POST only; a GET does nothing.
     assert call(gm.admin_port, "/quitquitquit")[0] == 405
@@ -184,9 +186,23 @@ def test_quitquitquit_drains_and_exits(upstream, start_mesh):
     gm.stopped_by_test = True
 
 
-def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(start_mesh):
+@pytest.fixture
+def quiet_cp():
     cp = ControlPlane(wait_for_set=True)  # answers nothing until told
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture
+def dyn_upstream():
     up = Upstream("dyn")
+    yield up
+    up.stop()
+
+
+def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(
+        quiet_cp, dyn_upstream, start_mesh):
+    cp, up = quiet_cp, dyn_upstream
     admin = free_port()
     gm = start_mesh({
         "admin": {"address": f"127.0.0.1:{admin}"},
@@ -210,8 +226,6 @@ def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(sta
         "added_via_api"] is True
     stats = gm.stats()
     assert stats["xds.cds.update_success"] == 1 and stats["control_plane.initialized"] == 1
-    up.stop()
-    cp.stop()
 
 
 def test_ready_stops_waiting_at_the_initial_fetch_timeout(start_mesh):
@@ -228,3 +242,45 @@ def test_ready_stops_waiting_at_the_initial_fetch_timeout(start_mesh):
     [warning] = gm.wait_log("xds_initial_fetch_timeout")
     assert warning["level"] == "warning" and warning["waiting_for"] == ["cds", "lds"]
     assert call(admin, "/ready")[:3:2] == (200, "LIVE\n")
+
+
+def test_status_summarises_a_running_mesh(upstream, start_mesh):
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+    gm = start_mesh(mesh_config([upstream.address]))
+    for _ in range(3):
+        call(gm.port(), "/")
+    gm.access(3)
+    out = subprocess.run([sys.executable, "-m", "greenmesh.cli", "status", "--admin",
+                          f"127.0.0.1:{gm.admin_port}", "--interval", "0.2"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("greenmesh ") and "  LIVE  " in out.stdout.splitlines()[0]
+    assert f"ingress          127.0.0.1:{gm.port()}" in out.stdout
+    assert "3 requests (2xx 3)" in out.stdout
+    assert "backend          1/1 healthy" in out.stdout
+    gone = subprocess.run([sys.executable, "-m", "greenmesh.cli", "status", "--admin",
+                           f"127.0.0.1:{free_port()}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert gone.returncode == 1 and "cannot read the admin" in gone.stderr
+
+
+def test_health_changes_and_ejections_are_logged_with_why(upstream, start_mesh):
+    dead = f"127.0.0.1:{free_port()}"
+    gm = start_mesh(mesh_config([dead], cluster={
+        "health_checks": [{"interval": "100ms", "unhealthy_threshold": 2,
+                           "tcp_health_check": {}}]}))
+    [down] = gm.wait_log("host_unhealthy")
+    assert (down["host"], down["reason"]) == (dead, "2 health checks failed in a row")
+    assert gm.stats()["cluster.backend.health_check.failure"] >= 2
+    ejecting = start_mesh(mesh_config([upstream.address], cluster={
+        "outlier_detection": {"consecutive_5xx": 2, "base_ejection_time": "0.3s",
+                              "max_ejection_percent": 100}}))
+    for _ in range(2):
+        assert call(ejecting.port(), "/status/500")[0] == 500
+    [ejected] = ejecting.wait_log("host_ejected")
+    assert (ejected["host"], ejected["reason"]) == (upstream.address, "2 consecutive 5xx")
+    [back] = ejecting.wait_log("host_returned")
+    assert back["reason"] == "ejection time over"

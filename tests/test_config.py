@@ -125,7 +125,7 @@ def test_unknown_keys_and_missing_keys():
     bogus: 1
     """)
     assert "bogus: unknown key (expected one of admin, listeners, route_configs, clusters, " \
-           "drain_timeout, xds, overload_manager)" in errs
+           "drain_timeout, xds, overload_manager, workers)" in errs
     assert any(e.startswith("listeners[0].adress: unknown key") for e in errs)
     assert "listeners[0].address: required" in errs
     assert "route_configs[0].virtual_hosts[0].routes[0].match.prefix: " \

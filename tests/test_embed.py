@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 
-from tests.harness import ROOT, free_port, wait_port
+import pytest
+
+from tests.harness import ROOT, free_port, until, wait_port
 
 IMPORT_CHECK = """
 import threading
@@ -97,6 +100,15 @@ print("ok")
 """
 
 
+def http_text(port: int, path: str = "/stats") -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def run_py(code: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
@@ -112,7 +124,9 @@ def test_mesh_starts_and_stops_twice_in_one_gevent_process():
     assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout + r.stderr
 
 
-def test_embedded_in_a_gunicorn_gevent_worker(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_embedded_in_gunicorn_gevent_workers(tmp_path, workers):
+    """With 2 workers both meshes bind the mesh's port (SO_REUSEPORT) and both serve it."""
     app_port, mesh_port, admin_port = free_port(), free_port(), free_port()
     up_port = free_port()
     up = subprocess.Popen([sys.executable, "-m", "greenmesh.testing.upstream", str(up_port)],
@@ -131,11 +145,13 @@ def test_embedded_in_a_gunicorn_gevent_worker(tmp_path):
         "    start_response('200 OK', [('content-type', 'text/plain')])\n"
         "    return [b'the app itself\\n']\n")
     env = dict(os.environ, GREENMESH_CONFIG=str(tmp_path / "mesh.yaml"),
-               PYTHONPATH=f"{tmp_path}:{ROOT}")
-    gunicorn = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "etc" / "gunicorn_conf.py"),
-         "-b", f"127.0.0.1:{app_port}", "app:app"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               PYTHONPATH=f"{tmp_path}:{ROOT}", WEB_CONCURRENCY=str(workers))
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out_file:
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "etc" / "gunicorn_conf.py"),
+             "-b", f"127.0.0.1:{app_port}", "app:app"],
+            cwd=tmp_path, env=env, stdout=out_file, stderr=subprocess.STDOUT)
     try:
         wait_port(up_port, up)
         wait_port(app_port, gunicorn)
@@ -144,10 +160,29 @@ def test_embedded_in_a_gunicorn_gevent_worker(tmp_path):
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/")
             assert conn.getresponse().read() == body
+        if workers > 1:
+            admins = lambda: re.findall(r"admin=127\.0\.0\.1:(\d+)",  # noqa: E731
+                                        log.read_text())
+            assert until(lambda: len(admins()) == workers)
+            served = lambda port: int(re.search(  # noqa: E731
+                r"http\.l\.downstream_rq_total: (\d+)", http_text(int(port))).group(1))
+            sent = 0
+
+            def every_worker_served() -> bool:
+                nonlocal sent
+                assert sent < 200
+                conn = http.client.HTTPConnection("127.0.0.1", mesh_port, timeout=5)
+                conn.request("GET", "/")  # a new connection each: the kernel spreads them
+                assert conn.getresponse().read() == b"hello from upstream\n"
+                conn.close()
+                sent += 1
+                return all(served(port) > 0 for port in admins())
+            assert until(every_worker_served)
         gunicorn.send_signal(signal.SIGTERM)
-        out = gunicorn.communicate(timeout=30)[0].decode()
+        gunicorn.wait(timeout=30)
+        out = log.read_text()
         assert gunicorn.returncode == 0, out
-        assert "mesh_stopped" in out, out
+        assert out.count("mesh_stopped") == workers, out
     finally:
         gunicorn.kill()
         up.kill()

@@ -63,3 +63,16 @@ def test_admin_endpoints(upstream, start_mesh):
     status, dump = get("/config_dump")
     assert status == 200 and '"name": "backend"' in dump
     assert get("/nope")[0] == 404
+
+
+def test_greenmesh_says_what_to_try_from_the_config_it_loaded(upstream, start_mesh):
+    cfg = mesh_config([upstream.address], listener={"protocol": "auto"})
+    gm = start_mesh(cfg)
+    [line] = gm.wait_log("try")
+    assert line["commands"] == [f"curl -i http://127.0.0.1:{gm.port()}/",
+                                f"curl -i --http2-prior-knowledge http://127.0.0.1:{gm.port()}/",
+                                f"curl http://127.0.0.1:{gm.admin_port}/help"]
+    [started] = gm.wait_log("mesh_started")
+    assert started["listeners"] == {"ingress": f"127.0.0.1:{gm.port()}"}
+    assert started["admin"] == f"127.0.0.1:{gm.admin_port}" and started["workers"] == 1
+    assert started["version"]

@@ -9,9 +9,10 @@ import http.client
 import signal
 import threading
 
+import pytest
 import yaml
 
-from tests.harness import free_port, mesh_config, until
+from tests.harness import Upstream, free_port, mesh_config, until
 
 
 class KeepAliveLoad:
@@ -90,9 +91,15 @@ def test_sighup_bad_then_good_under_load_loses_nothing(upstream, start_mesh):
         conn.close()
 
 
-def test_sighup_applies_a_changed_cluster_and_drains_a_removed_listener(upstream, start_mesh):
-    from tests.harness import Upstream
-    other = Upstream("up2")
+@pytest.fixture
+def other():
+    up = Upstream("up2")
+    yield up
+    up.stop()
+
+
+def test_sighup_applies_a_changed_cluster_and_drains_a_removed_listener(upstream, other,
+                                                                        start_mesh):
     cfg = mesh_config([upstream.address])
     cfg["listeners"].append({**cfg["listeners"][0], "name": "gone",
                              "address": f"127.0.0.1:{free_port()}"})
@@ -117,4 +124,3 @@ def test_sighup_applies_a_changed_cluster_and_drains_a_removed_listener(upstream
             return True
         return False
     assert until(closed)
-    other.stop()

@@ -72,6 +72,8 @@ class Admin:
                           "(?format=json)"),
             "/config_dump": ("GET", lambda q: _json(config_dump(self.mesh)),
                              "the bootstrap and the dynamic resources with their versions"),
+            "/listeners": ("GET", self._listeners, "listener names and addresses "
+                                                   "(?format=json)"),
             "/server_info": ("GET", self._server_info, "version, state, uptime, workers"),
             "/help": ("GET", self._help, "this list"),
             "/logging": ("POST", self._logging, "?level=debug|info|warning|error|critical"),
@@ -151,13 +153,23 @@ class Admin:
             return _json(clusters_json(self.mesh))
         return _Reply("200 OK", clusters_text(self.mesh))
 
+    def _listeners(self, query: dict[str, str]) -> _Reply:
+        """Envoy's /listeners: each listener's name and bound address."""
+        bound = [(name, lst.address) for name, lst in self.mesh.listeners.items()]
+        if query.get("format") == "json":
+            return _json({"listener_statuses": [
+                {"name": name, "local_address": {"socket_address": {
+                    "address": host, "port_value": port}}} for name, (host, port) in bound]})
+        return _Reply("200 OK", "".join(f"{name}::{host}:{port}\n"
+                                        for name, (host, port) in bound))
+
     def _server_info(self, query: dict[str, str]) -> _Reply:
         from greenmesh import __version__
         mesh = self.mesh
         uptime = int(time.time() - mesh.started_at) if mesh.started_at else 0
         return _json({"version": __version__, "state": mesh.state.value,
                       "uptime_current_epoch": f"{uptime}s", "uptime_all_epochs": f"{uptime}s",
-                      "workers": 1, "node": _node(mesh),
+                      "workers": mesh.workers, "node": _node(mesh),
                       "command_line_options": {"drain_time": f"{mesh.config.drain_timeout:g}s"}})
 
     def _help(self, query: dict[str, str]) -> _Reply:

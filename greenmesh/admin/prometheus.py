@@ -72,7 +72,7 @@ def render(stats: Stats, known: Iterable[str] = ()) -> str:
         for bound, count in zip((*BUCKETS, None), h.cumulative(), strict=True):
             le = 'le="' + ("+Inf" if bound is None else f"{bound:g}") + '"'
             lines.append(f"{metric}_bucket{_labels(labels, le)} {count}")
-        lines.append(f"{metric}_sum{_labels(labels)} {h.sum:g}")
+        lines.append(f"{metric}_sum{_labels(labels)} {h.sum!r}")
         lines.append(f"{metric}_count{_labels(labels)} {h.count}")
     out = []
     for metric, (kind, lines) in families.items():

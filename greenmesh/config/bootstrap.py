@@ -3,6 +3,7 @@ converters xDS resources go through, then the cross-references between them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from greenmesh.config.overload import overload_manager
 from greenmesh.config.reader import (
     INVALID,
     ConfigError,
+    Invalid,
     Reader,
     address,
     duration,
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
     from greenmesh.filters.registry import FilterRegistry
 
 TOP_LEVEL = ("admin", "listeners", "route_configs", "clusters", "drain_timeout", "xds",
-             "overload_manager")
+             "overload_manager", "workers")
 
 
 def _xds(r: Reader, v: Any, path: str) -> model.Xds | None:
@@ -51,6 +53,15 @@ def _xds(r: Reader, v: Any, path: str) -> model.Xds | None:
     if r.failed_since(mark) or server is None or fetch is None or node is None:
         return None
     return model.Xds(server, node, fetch)
+
+
+def _workers(value: Any) -> int:
+    """A number of processes, or ``auto``: one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid("expected a positive whole number or auto")
+    return value
 
 
 def _admin(r: Reader, v: Any, path: str) -> model.Admin | None:
@@ -96,6 +107,7 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None,
     drain = r.field(obj, "", "drain_timeout", duration,
                     model_default(model.MeshConfig, "drain_timeout"))
     overload = r.section(obj, "", "overload_manager", overload_manager)
+    workers = r.field(obj, "", "workers", _workers, 1)
 
     listeners: list[model.Listener | None] = []
     inline: list[tuple[str, model.RouteConfig | None]] = []
@@ -124,7 +136,7 @@ def load_dict(data: Any, protocols: Iterable[str] | None = None,
                             clusters=tuple(c for c in clusters if c),
                             admin=admin if admin is not INVALID else None, drain_timeout=drain,
                             xds=xds if xds is not INVALID else None,
-                            overload=overload or model.Overload())
+                            overload=overload or model.Overload(), workers=workers or 1)
 
 
 _WILDCARDS = ("0.0.0.0", "::", "")

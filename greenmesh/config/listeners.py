@@ -58,7 +58,8 @@ def listener(r: Reader, v: Any, path: str
     """The listener, and its inline route config if it has one (named after the listener
     unless it names itself)."""
     obj = r.mapping(v, path, ("name", "address", "filter_chains", "metadata", "stat_prefix",
-                              "listener_filters", "route_config", "tls", "http_filters", *_OWN),
+                              "listener_filters", "route_config", "tls", "http_filters",
+                              "enable_reuse_port", *_OWN),
                     refuse=("default_filter_chain",))
     if obj is None:
         return None
@@ -104,6 +105,7 @@ def listener(r: Reader, v: Any, path: str
             src, src_path = own.get(key, (obj, path))
             values[key] = r.field(src, src_path, key, convert,
                                   model_default(model.Listener, key))
+    values["reuse_port"] = r.field(obj, path, "enable_reuse_port", boolean, False)
     if r.failed_since(mark) or name is None or address is None or tls is INVALID or \
             values.get("http_filters", ()) is None:
         return None

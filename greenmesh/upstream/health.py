@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import gevent
+import structlog
 
 from greenmesh import model
 from greenmesh.conn import Conn, ConnError
@@ -15,6 +16,7 @@ from greenmesh.streams.base import RequestHead, StreamError
 from greenmesh.upstream.host import Host
 
 USER_AGENT = b"greenmesh-health-check"
+log = structlog.get_logger("greenmesh.health")
 
 
 def probe(host: Host, hc: model.HealthCheck, cluster: str, registry: Registry) -> bool:
@@ -41,26 +43,35 @@ def probe(host: Host, hc: model.HealthCheck, cluster: str, registry: Registry) -
         conn.close("health check done")
 
 
-def check(host: Host, hc: model.HealthCheck, cluster: str, registry: Registry) -> bool:
-    """Checks a host and counts the result; True if the host flipped in or out."""
+def check(host: Host, hc: model.HealthCheck, cluster: str, registry: Registry,
+          count: Callable[[str], None] = lambda name: None) -> bool:
+    """Checks a host and counts the result (``count``: the cluster's health_check.* stat);
+    True if the host flipped in or out, which is logged with why."""
     state = host.health
     if probe(host, hc, cluster, registry):
+        count("success")
         state.checks_failed = 0
         state.checks_ok += 1
         if state.check_failed and state.checks_ok >= hc.healthy_threshold:
             state.check_failed = False
+            log.info("host_healthy", cluster=cluster, host=host.label,
+                     reason=f"{state.checks_ok} health checks passed in a row")
             return True
     else:
+        count("failure")
         state.checks_ok = 0
         state.checks_failed += 1
         if not state.check_failed and state.checks_failed >= hc.unhealthy_threshold:
             state.check_failed = True
+            log.info("host_unhealthy", cluster=cluster, host=host.label,
+                     reason=f"{state.checks_failed} health checks failed in a row")
             return True
     return False
 
 
 def check_loop(name: str, hosts: Callable[[], tuple[model.HealthCheck, tuple[Host, ...]] | None],
-               on_flip: Callable[[], None], registry: Registry) -> None:
+               on_flip: Callable[[], None], registry: Registry,
+               count: Callable[[str], None] = lambda name: None) -> None:
     """Checks a cluster's hosts every interval, for as long as ``hosts()`` says it has a check;
     ``on_flip`` runs after a round in which a host went in or out."""
     while True:
@@ -68,7 +79,7 @@ def check_loop(name: str, hosts: Callable[[], tuple[model.HealthCheck, tuple[Hos
         if current is None:
             return
         hc, members = current
-        jobs = [gevent.spawn(check, h, hc, name, registry) for h in members]
+        jobs = [gevent.spawn(check, h, hc, name, registry, count) for h in members]
         gevent.joinall(jobs, timeout=hc.timeout + 1)
         if any(j.value for j in jobs):
             on_flip()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable
 
 import gevent
+import structlog
 
 from greenmesh import model, tls
 from greenmesh.cooperate import Slicer
@@ -24,6 +25,8 @@ from greenmesh.upstream.breakers import Breakers
 from greenmesh.upstream.cluster import ClusterSnapshot
 from greenmesh.upstream.host import Host, HostHealth
 from greenmesh.upstream.pool import Pool, make_pool
+
+log = structlog.get_logger("greenmesh.upstream")
 
 
 def _pool_settings(c: model.Cluster) -> tuple:
@@ -79,17 +82,29 @@ class ClusterManager:
         request that started on an older snapshot still counts for it."""
         snapshot = self._clusters.get(name)
         od = snapshot.config.outlier_detection if snapshot is not None else None
-        if od is None or snapshot is None or not outlier.record(od, host.health, status):
+        health = host.health
+        if od is None or snapshot is None or not outlier.record(od, health, status):
             return
         if not any(h.address == host.address for h in snapshot.hosts):
             return  # the host has left the cluster
+        # Why, before ejecting resets the counts: the 5xx run unless only the gateway one is due.
+        reason = (f"{health.consecutive_5xx} consecutive 5xx"
+                  if 0 < od.consecutive_5xx <= health.consecutive_5xx else
+                  f"{health.consecutive_gateway} consecutive gateway failures")
         duration = outlier.eject(od, host.health, [h.health for h in snapshot.hosts],
                                  time.monotonic())
         if duration is None:
             return
         self._stats.inc(f"cluster.{name}.outlier_detection.ejections_total")
+        log.info("host_ejected", cluster=name, host=host.label, seconds=round(duration, 3),
+                 reason=reason, ejections=health.ejections)
         self.refresh(name)
-        gevent.spawn_later(duration, self.refresh, name)
+        gevent.spawn_later(duration, self._returned, name, host)
+
+    def _returned(self, name: str, host: Host) -> None:
+        """An ejection's time is over: the host is back in the balancer."""
+        log.info("host_returned", cluster=name, host=host.label, reason="ejection time over")
+        self.refresh(name)
 
     def refresh(self, name: str) -> None:
         """A new snapshot of the same hosts whose balancer sees who is available now."""
@@ -141,7 +156,11 @@ class ClusterManager:
             if name not in self._checkers:
                 self._checkers[name] = (hc, gevent.spawn(
                     health.check_loop, name, functools.partial(self._checked_hosts, name),
-                    functools.partial(self.refresh, name), self._registry))
+                    functools.partial(self.refresh, name), self._registry,
+                    functools.partial(self._count, f"cluster.{name}.health_check.")))
+
+    def _count(self, prefix: str, name: str) -> None:
+        self._stats.inc(prefix + name)
 
     def _checked_hosts(self, name: str) -> tuple[model.HealthCheck, tuple[Host, ...]] | None:
         snapshot = self._clusters.get(name)
