@@ -1,5 +1,6 @@
 """One worker against two (``workers: 2``), compiled build, access log on, under the HTTP/1.1
-bench (nginx upstream, wrk) and the bolt bench (the batched echo upstream, bolt_load.py).
+bench (nginx upstream, wrk), the bolt bench (the batched echo upstream, bolt_load.py), and
+HTTP/1.1 with a direct response (no upstream sharing the cores).
 
 Nothing is pinned here: two workers are meant to use both cores, and on a 2-core machine the
 load generator and the upstream share them, so the table gives, beside req/s, the CPU each
@@ -12,6 +13,7 @@ upstream). Interleaved rounds, medians.
 from __future__ import annotations
 
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -82,13 +84,29 @@ clusters:
 """
 
 
+def direct_config(port: int, upstream: int) -> str:
+    """No upstream: what the workers can do when the upstream does not share their cores."""
+    return f"""
+listeners:
+  - {{name: in, address: 127.0.0.1:{port}, route_config: r}}
+route_configs:
+  - {{name: r, virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: /}},
+      direct_response: {{status: 200, body: {{inline_string: "hello\\n"}}}}}}]}}]}}
+"""
+
+
 def bolt_config(port: int, upstream: int) -> str:
     return f"""
 listeners:
   - {{name: in, address: 127.0.0.1:{port}, protocol: bolt, route_config: r}}
 route_configs:
-  - {{name: r, virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: ""}},
-      route: {{cluster: echo, timeout: 3s}}}}]}}]}}
+  - name: r
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{headers: [{{name: service, string_match: {{exact: "com.example.EchoService:1.0"}}}}]}}
+            route: {{cluster: echo, timeout: 3s}}
 clusters:
   - {{name: echo, protocol: bolt, endpoints: ["127.0.0.1:{upstream}"]}}
 """
@@ -126,16 +144,24 @@ def run(gm: subprocess.Popen, upstream: subprocess.Popen, port: int, load, secon
     procs = {"parent": gm.pid, **{f"worker {i}": p for i, p in enumerate(sorted(workers))}}
     before = {name: _proc_cpu(pid) for name, pid in procs.items()}
     up_before = cpu_seconds(upstream.pid)
+    load_before = _children_cpu()
     started = time.monotonic()
     _, result = load(port, seconds)
     res = result()
     elapsed = time.monotonic() - started
+    load_cpu = _children_cpu() - load_before  # the load generators, waited for by result()
     cpu = {name: _proc_cpu(pid) - before[name] for name, pid in procs.items()}
     total = sum(cpu.values())
     return {"rps": res["requests"] / elapsed, "requests": res["requests"],
             "errors": res["errors"], "greenmesh_cpu_s": cpu,
             "us_cpu_per_request": total * 1e6 / max(1, res["requests"]),
-            "upstream_cpu_s": cpu_seconds(upstream.pid) - up_before}
+            "upstream_cpu_s": cpu_seconds(upstream.pid) - up_before, "load_cpu_s": load_cpu,
+            "elapsed_s": elapsed}
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -146,13 +172,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="greenmesh-bench-workers-"))
     up_http = free_port()
     up_bolt = free_port()
-    upstreams = {
+    upstreams: dict[str, subprocess.Popen] = {
         "http1": start_nginx(tmp, "upstream", 2, f'server {{ listen 127.0.0.1:{up_http}; '
                                                  f'location / {{ return 200 "{BODY.strip()}\\n"; }} }}'),
         "bolt": subprocess.Popen([sys.executable, str(BENCH / "bolt_echo.py"), str(up_bolt)],
                                  cwd=BENCH)}
-    benches = {"http1": (http_config, up_http, wrk_load), "bolt": (bolt_config, up_bolt, bolt_load)}
-    procs: list[subprocess.Popen] = list(upstreams.values())
+    upstreams["http1 direct response"] = upstreams["http1"]  # started, and idle
+    benches = {"http1": (http_config, up_http, wrk_load), "bolt": (bolt_config, up_bolt, bolt_load),
+               "http1 direct response": (direct_config, up_http, wrk_load)}
+    procs: list[subprocess.Popen] = list({id(p): p for p in upstreams.values()}.values())
     rows: dict[str, list[dict]] = {}
     try:
         wait_port(up_http)
@@ -182,18 +210,20 @@ def main() -> None:
     print(f"\n1 vs 2 workers, {args.seconds} s runs after a 1 s warm-up, median of {args.rounds} "
           "interleaved rounds, nothing pinned (2 cores shared with the load and the upstream)\n")
     print("| target | req/s | µs CPU/req (all greenmesh processes) | CPU s per process "
-          "(parent, workers) | upstream CPU s | errors |")
-    print("|---|---:|---:|---|---:|---|")
+          "(parent, workers) | upstream CPU s | load generator CPU s | run s | errors |")
+    print("|---|---:|---:|---|---:|---:|---:|---|")
     summary = {}
     for name, results in rows.items():
         med = statistics.median(x["rps"] for x in results)
         mid = sorted(results, key=lambda x: x["rps"])[len(results) // 2]
         summary[name] = {"rps": med, "us_cpu_per_request": mid["us_cpu_per_request"],
                          "cpu_s": mid["greenmesh_cpu_s"], "upstream_cpu_s": mid["upstream_cpu_s"],
+                         "load_cpu_s": mid["load_cpu_s"], "elapsed_s": mid["elapsed_s"],
                          "errors": [x["errors"] for x in results if x["errors"]]}
         print(f"| {name} | {med:.0f} | {mid['us_cpu_per_request']:.0f} | "
               + ", ".join(f"{v:.2f}" for v in mid["greenmesh_cpu_s"].values())
-              + f" | {mid['upstream_cpu_s']:.2f} | {'; '.join(summary[name]['errors']) or 'none'} |")
+              + f" | {mid['upstream_cpu_s']:.2f} | {mid['load_cpu_s']:.2f} | "
+              f"{mid['elapsed_s']:.1f} | {'; '.join(summary[name]['errors']) or 'none'} |")
     print()
     for proto in benches:
         one, two = summary.get(f"{proto}, 1 worker"), summary.get(f"{proto}, 2 workers")

@@ -13,6 +13,20 @@ from json.encoder import encode_basestring as _escape
 
 import structlog
 
+from greenmesh.access_format import Record
+from greenmesh.streams.base import RequestHead
+
+
+def _two_headers(request: RequestHead) -> tuple[bytes | None, bytes | None]:
+    """The request's user-agent and x-request-id, in one pass over its headers."""
+    agent = rid = None
+    for name, value in request.headers:
+        if name == b"user-agent":
+            agent = value
+        elif name == b"x-request-id":
+            rid = value
+    return agent, rid
+
 
 class AccessLog:
     """Envoy's access log: one line per request. This one goes through structlog, so an
@@ -23,18 +37,23 @@ class AccessLog:
     def __init__(self) -> None:
         self._log = structlog.get_logger("greenmesh.access")
 
-    def log(self, listener: str, method: bytes, authority: bytes, path: bytes, status: int,
-            flags: str, bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
+    def log(self, listener: str, protocol: str, request: RequestHead, status: int, flags: str,
+            bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
             upstream: str | None, details: str, metadata: dict | None = None) -> None:
-        """``metadata``: the request's dynamic metadata (set by filters), when it has any."""
+        """``protocol``: the registry's name (http1, http2, bolt); ``metadata``: the request's
+        dynamic metadata (set by filters), when it has any."""
         more: dict = {"details": details} if details else {}
         if metadata:
             more["metadata"] = metadata
-        self._log.info("access", listener=listener, method=method.decode("latin-1"),
-                       authority=authority.decode("latin-1"), path=path.decode("latin-1"),
-                       status=status, flags=flags, bytes_in=bytes_in, bytes_out=bytes_out,
-                       duration_ms=duration_us / 1000, cluster=cluster, upstream=upstream,
-                       **more)
+        agent, rid = _two_headers(request)
+        self._log.info("access", listener=listener, protocol=protocol,
+                       method=request.method.decode("latin-1"),
+                       authority=request.authority.decode("latin-1"),
+                       path=request.path.decode("latin-1"), status=status, flags=flags,
+                       bytes_in=bytes_in, bytes_out=bytes_out, duration_ms=duration_us / 1000,
+                       cluster=cluster, upstream=upstream,
+                       user_agent=agent.decode("latin-1") if agent is not None else None,
+                       request_id=rid.decode("latin-1") if rid is not None else None, **more)
 
 
 def _json(value: str | None) -> str:
@@ -65,8 +84,8 @@ class JsonAccessLog(AccessLog):
             escaped = self._escaped[value] = _escape(text)
         return escaped
 
-    def log(self, listener: str, method: bytes, authority: bytes, path: bytes, status: int,
-            flags: str, bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
+    def log(self, listener: str, protocol: str, request: RequestHead, status: int, flags: str,
+            bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
             upstream: str | None, details: str, metadata: dict | None = None) -> None:
         now = time.time()
         second = int(now)
@@ -81,11 +100,33 @@ class JsonAccessLog(AccessLog):
         # together (measured: 2.5 µs a line with them, 0.7 without).
         micros = str(1000000 + int((now - second) * 1e6))
         ms_frac = str(1000 + duration_us % 1000)
+        agent, rid = _two_headers(request)
         self._msg(
-            f'{{"listener": {repeating(listener)}, "method": {repeating(method)}, '
-            f'"authority": {repeating(authority)}, "path": {_escape(path.decode("latin-1"))}, '
+            f'{{"listener": {repeating(listener)}, "protocol": {repeating(protocol)}, '
+            f'"method": {repeating(request.method)}, '
+            f'"authority": {repeating(request.authority)}, '
+            f'"path": {_escape(request.path.decode("latin-1"))}, '
             f'"status": {status}, "flags": {repeating(flags)}, "bytes_in": {bytes_in}, '
             f'"bytes_out": {bytes_out}, "duration_ms": {duration_us // 1000}.{ms_frac[1:]}, '
-            f'"cluster": {repeating(cluster)}, "upstream": {repeating(upstream)}{more}, '
-            f'"event": "access", "level": "info", '
+            f'"cluster": {repeating(cluster)}, "upstream": {repeating(upstream)}, '
+            f'"user_agent": {repeating(agent)}, '
+            f'"request_id": {_escape(rid.decode("latin-1")) if rid is not None else "null"}'
+            f'{more}, "event": "access", "level": "info", '
             f'"timestamp": "{self._stamp}.{micros[1:]}Z"}}')
+
+
+class FormattedAccessLog(AccessLog):
+    """A listener's own access log: Envoy's format string or JSON fields
+    (greenmesh.access_format), written to its file or to the process's log stream."""
+
+    __slots__ = ("_render", "_write")
+
+    def __init__(self, render: Callable[[Record], str], write_line: Callable[[str], None]):
+        self._render = render
+        self._write = write_line
+
+    def log(self, listener: str, protocol: str, request: RequestHead, status: int, flags: str,
+            bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,
+            upstream: str | None, details: str, metadata: dict | None = None) -> None:
+        self._write(self._render(Record(listener, protocol, request, status, flags, bytes_in,
+                                        bytes_out, duration_us, cluster, upstream, details)))

@@ -87,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     logging_setup = configure(args.log_level, args.log_format, worker=args.worker)
     _raise_file_limit()
     mesh = Mesh(config, access_log=logging_setup.access_log(), filters=filters,
-                set_log_level=logging_setup.set_level, workers=workers)
+                set_log_level=logging_setup.set_level, workers=workers,
+                log_line=logging_setup.line)
     # The handlers go in before the listeners accept: a SIGTERM that comes as soon as the first
     # request is answered still drains (it used to find the default action, on a loaded box).
     stop_asked = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, stop_asked.set)
     gevent.signal_handler(signal.SIGINT, stop_asked.set)
+    gevent.signal_handler(signal.SIGUSR1, mesh.reopen_logs)
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(
         _reload, mesh, args.config, filters, args.worker_admin if args.worker else None))
     try:

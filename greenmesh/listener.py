@@ -84,6 +84,11 @@ class Listener:
         assert isinstance(address, tuple)
         return address[0], address[1]
 
+    def _rejected(self, protocol: str) -> Callable[[int, bytes, bytes, str], None]:
+        proxy = self.proxy
+        return lambda status, method, path, why: proxy.rejected(status, method, path, why,
+                                                                protocol)
+
     @property
     def active_connections(self) -> int:
         return self._open
@@ -171,7 +176,7 @@ class Listener:
                                      max_concurrent_streams=self.config.max_concurrent_streams,
                                      max_frame_size=self.config.max_frame_size,
                                      buffer_limit=self.config.per_connection_buffer_limit_bytes,
-                                     rejected=self.proxy.rejected)
+                                     rejected=self._rejected(protocol.name))
                 sc = protocol.server(conn, opts, self.proxy.handler(protocol.name))
                 self._servers.add(sc)
                 if self._draining:  # the listener began to drain while this one was sniffed

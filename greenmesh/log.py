@@ -72,6 +72,10 @@ class Setup:
         self._writer = writer
         self._threshold = threshold
 
+    def line(self, text: str) -> None:
+        """A line as it is (a listener's own access-log format) on the log stream."""
+        self._writer.line(text)
+
     def set_level(self, level: str) -> None:
         """Lines below ``level`` are dropped from now on (admin's POST /logging)."""
         self._threshold[0] = logging.getLevelNamesMapping()[level.upper()]

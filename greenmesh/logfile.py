@@ -53,3 +53,24 @@ class LineWriter:
             self._stream.flush()
         except (OSError, ValueError):  # a closed pipe must not take the proxy down
             pass
+
+
+class FileLineWriter(LineWriter):
+    """A LineWriter on a file it opened (an access log's ``path``), which ``reopen`` opens
+    again at the same path: after logrotate moved it away, on SIGUSR1."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str):
+        self.path = path
+        super().__init__(open(path, "a", encoding="utf-8"))
+
+    def reopen(self) -> None:
+        self.flush()
+        old = self._stream
+        self._stream = open(self.path, "a", encoding="utf-8")
+        old.close()
+
+    def close(self) -> None:
+        self.flush()
+        self._stream.close()

@@ -18,11 +18,13 @@ import structlog
 
 from greenmesh import config as config_loader
 from greenmesh import model
-from greenmesh.access_log import AccessLog
+from greenmesh.access_format import DEFAULT_FORMAT, compile_json, compile_text
+from greenmesh.access_log import AccessLog, FormattedAccessLog
 from greenmesh.admin import Admin
 from greenmesh.filters.chain import FilterChain
 from greenmesh.filters.registry import FilterRegistry
 from greenmesh.listener import Listener
+from greenmesh.logfile import FileLineWriter
 from greenmesh.overload import OverloadManager
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
@@ -53,13 +55,18 @@ def _stdlib_level(level: str) -> None:
 class Mesh:
     def __init__(self, config: model.MeshConfig, *, registry: Registry | None = None,
                  access_log: AccessLog | None = None, filters: FilterRegistry | None = None,
-                 set_log_level: Callable[[str], None] | None = None, workers: int = 1):
+                 set_log_level: Callable[[str], None] | None = None, workers: int = 1,
+                 log_line: Callable[[str], None] | None = None):
         """``access_log``: where listeners write their access-log lines (default: through
         structlog, so an embedding application's logging configuration applies).
         ``filters``: the filter types (default: those that ship, and entry points); a config
         naming an application's own types must have been loaded with the same registry.
         ``set_log_level``: what admin's POST /logging?level= calls (the CLI's structlog set-up;
-        by default the ``greenmesh`` logger of the standard logging)."""
+        by default the ``greenmesh`` logger of the standard logging). ``log_line``: where a
+        listener's own access-log format writes when it names no file (the CLI's log stream;
+        by default the ``greenmesh.access`` logger of the standard logging)."""
+        self._log_line = log_line or logging.getLogger("greenmesh.access").info
+        self._log_files: dict[str, FileLineWriter] = {}  # access logs' files, by path
         self.config = config
         self.workers = workers  # processes serving the same addresses (this is one of them)
         self.set_log_level = set_log_level or _stdlib_level
@@ -138,6 +145,9 @@ class Mesh:
             self.admin = None
         self.clusters.close()
         self.overload.stop()
+        for sink in self._log_files.values():
+            sink.close()
+        self._log_files = {}
         self._stopped.set()
         log.info("mesh_stopped")
 
@@ -165,15 +175,40 @@ class Mesh:
             gevent.spawn(lst.stop, self.config.drain_timeout)
         log.info("listeners_draining", listeners=[lst.config.name for lst in listeners])
 
+    def _listener_access_log(self, lc: model.Listener) -> AccessLog | None:
+        if not lc.access_log:
+            return None
+        fmt = lc.access_log_format
+        if fmt is None:
+            return self._access_log
+        if fmt.json_format is not None:
+            render = compile_json(dict(fmt.json_format))
+        else:
+            render = compile_text(fmt.text_format or DEFAULT_FORMAT)
+        write = self._log_line
+        if fmt.path is not None:
+            sink = self._log_files.get(fmt.path)
+            if sink is None:
+                sink = self._log_files[fmt.path] = FileLineWriter(fmt.path)
+            write = sink.line
+        return FormattedAccessLog(render, write)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: access-log files opened again at their paths (log rotation)."""
+        for sink in self._log_files.values():
+            sink.reopen()
+        log.info("access_logs_reopened", paths=sorted(self._log_files))
+
     def _start_listener(self, lc: model.Listener) -> Listener:
         name = lc.route_config
         chain = FilterChain(lc.name, lc.http_filters, self.filters, self.stats) \
             if lc.http_filters else None
         proxy = Proxy(lc.name, lambda: self._routes.get(name), self.clusters, self.stats,
-                      access_log=self._access_log if lc.access_log else None,
+                      access_log=self._listener_access_log(lc),
                       tunnel_idle_timeout=lc.idle_timeout, filters=chain,
                       overload=self.overload, max_stream_duration=lc.max_stream_duration,
-                      stream_idle_timeout=lc.stream_idle_timeout)
+                      stream_idle_timeout=lc.stream_idle_timeout,
+                      request_ids=lc.generate_request_id)
         listener = Listener(lc, self.registry, proxy, self.stats, self.overload)
         listener.start()
         self.listeners[lc.name] = listener

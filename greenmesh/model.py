@@ -305,6 +305,15 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLogFormat:
+    """A listener's own access log (Envoy's file access logger): where, and in what format."""
+
+    path: str | None = None  # None: the process's log stream
+    text_format: str | None = None  # Envoy's command operators; None (and no json): Envoy's default
+    json_format: tuple[tuple[str, str], ...] | None = None  # key -> format string
+
+
+@dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: Address
@@ -337,6 +346,10 @@ class Listener:
     stream_idle_timeout: float | None = 300.0
     idle_timeout: float = 300.0
     access_log: bool = True
+    # Its own format and file, instead of the process's JSON lines (None: those).
+    access_log_format: AccessLogFormat | None = None
+    # HTTP requests without x-request-id get a random one (Envoy's generate_request_id).
+    generate_request_id: bool = True
     tls: TlsServer | None = None
     # HTTP/1.0 requests served (Envoy's http_protocol_options.accept_http_10); else 426.
     accept_http_10: bool = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from random import getrandbits
 from typing import Final
 
 import gevent
@@ -59,6 +60,33 @@ _OVERLOADED: Final = [(b"x-envoy-overloaded", b"true")]
 _UF: Final = ResponseFlag.UPSTREAM_CONNECTION_FAILURE
 _IE: Final = ResponseFlag.INTERNAL_ERROR
 _HASH_MASK: Final = (1 << 64) - 1
+
+
+_HTTP: Final = ("http1", "http2")  # the protocols whose requests carry x-request-id
+
+
+class _Downstream:
+    """One protocol's requests on a listener: its name, its request counter's key, whether
+    its requests get an x-request-id."""
+
+    __slots__ = ("protocol", "total", "request_id")
+
+    def __init__(self, protocol: str, total: str, request_id: bool):
+        self.protocol = protocol
+        self.total = total
+        self.request_id = request_id
+
+
+def _ensure_request_id(head: RequestHead) -> None:
+    """Envoy's generate_request_id: a request without x-request-id gets a random UUID4, which
+    goes upstream and into the access log."""
+    headers = head.headers
+    for name, _ in headers:
+        if name == b"x-request-id":
+            return
+    h = f"{getrandbits(128):032x}"
+    headers.append((b"x-request-id", f"{h[:8]}-{h[8:12]}-4{h[13:16]}-"
+                                     f"{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}".encode()))
 
 
 class _Exchange:
@@ -245,8 +273,11 @@ class Proxy:
                  tunnel_idle_timeout: float | None = 300.0, filters: FilterChain | None = None,
                  overload: OverloadManager | None = None,
                  max_stream_duration: float | None = None,
-                 stream_idle_timeout: float | None = None):
+                 stream_idle_timeout: float | None = None, request_ids: bool = True):
+        """``request_ids``: HTTP requests without x-request-id get one (Envoy's
+        generate_request_id)."""
         self.listener = listener
+        self._request_ids = request_ids
         self._stream_idle = stream_idle_timeout  # for routes that set no idle_timeout
         self._max_duration = max_stream_duration
         self._overload = overload
@@ -257,22 +288,31 @@ class Proxy:
         self._access_log = access_log
         self._tunnel_idle = tunnel_idle_timeout
         self._rq = RequestStats(stats, f"http.{listener}.downstream_")
-        self._protocol_totals: dict[str, str] = {}
+        self._downstreams: dict[str, _Downstream] = {}
+
+    def _downstream(self, protocol: str) -> _Downstream:
+        scope = self._downstreams.get(protocol)
+        if scope is None:
+            scope = self._downstreams[protocol] = _Downstream(
+                protocol, f"http.{self.listener}.downstream_rq_{protocol}_total",
+                self._request_ids and protocol in _HTTP)
+            self._stats.inc(scope.total, 0)
+        return scope
 
     def handler(self, protocol: str) -> StreamHandler:
         """What a connection of ``protocol`` calls with each of its streams."""
-        key = self._protocol_totals.get(protocol)
-        if key is None:
-            key = self._protocol_totals[protocol] = \
-                f"http.{self.listener}.downstream_rq_{protocol}_total"
-            self._stats.inc(key, 0)
-        return lambda stream: self.handle(stream, key)
+        scope = self._downstream(protocol)
+        return lambda stream: self.handle(stream, scope)
 
-    def handle(self, stream: ServerStream, protocol_total: str = "") -> None:
+    def handle(self, stream: ServerStream, scope: _Downstream | None = None) -> None:
         """Serves one stream; never raises (one bad request must not end the connection loop).
-        ``protocol_total``: the stat counting the requests of the stream's protocol."""
+        ``scope``: what is the same for every stream of its protocol on this listener."""
         start = _monotonic()
         self._rq.start()
+        if scope is None:
+            scope = self._downstream("http1")
+        if scope.request_id:
+            _ensure_request_id(stream.request)
         chain = self._filters
         ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
         timer = None
@@ -332,13 +372,11 @@ class Proxy:
         status = ex.status
         took = _monotonic() - start
         self._rq.done(status, took)
-        if protocol_total:
-            self._stats.counters[protocol_total] += 1
+        self._stats.counters[scope.total] += 1
         if ex.flags and ex.cluster is not None:
             self._count_failure(ex)
         if self._access_log is not None:
-            req = stream.request
-            self._access_log.log(self.listener, req.method, req.authority, req.path, status,
+            self._access_log.log(self.listener, scope.protocol, stream.request, status,
                                  render_flags(ex.flags), ex.bytes_in, ex.bytes_out,
                                  int(took * 1e6), ex.cluster, ex.upstream, ex.error, metadata)
 
@@ -354,12 +392,14 @@ class Proxy:
             if name is not None:
                 cs.count(name)
 
-    def rejected(self, status: int, method: bytes, path: bytes, details: str) -> None:
+    def rejected(self, status: int, method: bytes, path: bytes, details: str,
+                 protocol: str = "http1") -> None:
         """A request its codec answered itself (400, 431...: no stream was made): counted and
         logged as Envoy's are, with DPE."""
         self._rq.refused(status)
         if self._access_log is not None:
-            self._access_log.log(self.listener, method, b"", path, status,
+            self._access_log.log(self.listener, protocol,
+                                 RequestHead(method, path, b"", b"", []), status,
                                  ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR.value, 0, 0, 0, None,
                                  None, details)
 

@@ -226,6 +226,7 @@ def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(
         "added_via_api"] is True
     stats = gm.stats()
     assert stats["xds.cds.update_success"] == 1 and stats["control_plane.initialized"] == 1
+    assert stats["xds.cds.version"] == int(dyn["version_info"])
 
 
 def test_ready_stops_waiting_at_the_initial_fetch_timeout(start_mesh):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from greenmesh import model
+from greenmesh.access_format import compile_json, compile_text
 from greenmesh.config.clusters import socket_address
 from greenmesh.config.filters import http_filters
 from greenmesh.config.reader import (
@@ -41,7 +42,7 @@ _CODECS = {"AUTO": "auto", "HTTP1": "http1", "HTTP2": "http2"}
 _OWN = ("protocol", "max_connections", "max_request_headers_kb", "idle_timeout", "access_log",
         "accept_http_10", "max_headers_count", "request_headers_timeout",
         "max_concurrent_streams", "max_stream_duration", "max_frame_size",
-        "per_connection_buffer_limit_bytes", "stream_idle_timeout")
+        "per_connection_buffer_limit_bytes", "stream_idle_timeout", "generate_request_id")
 
 
 def frame_size(value: Any) -> int:
@@ -51,6 +52,95 @@ def frame_size(value: Any) -> int:
     if not 1 << 14 <= value <= (1 << 24) - 1:
         raise Invalid("expected a frame size between 16384 and 16777215")
     return value
+
+
+def _format(r: Reader, text: Any, json_fields: Any, path: str, text_key: str,
+            json_key: str) -> tuple[str | None, tuple[tuple[str, str], ...] | None]:
+    """A format string or JSON fields, each compiled once here to refuse what cannot work."""
+    if text is not None and json_fields is not None:
+        r.error(path, f"give {text_key} or {json_key}, not both")
+        return None, None
+    if text is not None:
+        if not isinstance(text, str):
+            r.error(join(path, text_key), "expected a format string")
+            return None, None
+        try:
+            compile_text(text)
+        except ValueError as e:
+            r.error(join(path, text_key), str(e))
+        return text, None
+    if json_fields is not None:
+        if not isinstance(json_fields, dict) or not json_fields:
+            r.error(join(path, json_key), "expected a mapping of field names to format strings")
+            return None, None
+        try:
+            compile_json(json_fields)
+        except ValueError as e:
+            r.error(join(path, json_key), str(e))
+        return None, tuple((str(k), v) for k, v in json_fields.items())
+    return None, None
+
+
+def access_log(r: Reader, v: Any, path: str) -> tuple[bool, model.AccessLogFormat | None]:
+    """greenmesh's: ``true``/``false``, or ``{path, format | json_format}`` (Envoy's command
+    operators) for a listener's own format and file."""
+    if isinstance(v, bool):
+        return v, None
+    obj = r.mapping(v, path, ("path", "format", "json_format"))
+    if obj is None:
+        return True, None
+    text, fields = _format(r, obj.get("format"), obj.get("json_format"), path, "format",
+                           "json_format")
+    file = r.field(obj, path, "path", string, None)
+    return True, model.AccessLogFormat(file, text, fields)
+
+
+_FILE_LOGGER = "envoy.access_loggers.file"
+_STDOUT_LOGGER = "envoy.access_loggers.stdout"
+
+
+def _envoy_access_logs(r: Reader, v: Any, path: str
+                       ) -> tuple[bool, model.AccessLogFormat | None]:
+    """Envoy's HCM access_log: a file or stdout logger with its log_format (one of them)."""
+    items = r.items({"access_log": v}, "", "access_log")
+    if not items:
+        return False, None
+    if len(items) > 1:
+        r.not_honoured(path, "one access logger per listener: the first is used")
+    ipath, item = items[0]
+    ipath = path + ipath[len("access_log"):]
+    obj = r.mapping(item, ipath, ("name", "typed_config", "filter"), refuse=("filter",))
+    if obj is None:
+        return True, None
+    name = obj.get("name")
+    if name not in (_FILE_LOGGER, _STDOUT_LOGGER):
+        r.error(join(ipath, "name"), f"expected {_FILE_LOGGER} or {_STDOUT_LOGGER}")
+        return True, None
+    tpath = join(ipath, "typed_config")
+    cfg = typed(r, obj.get("typed_config") or {}, tpath,
+                "FileAccessLog" if name == _FILE_LOGGER else "StdoutAccessLog",
+                ("path", "log_format", "format", "json_format"))
+    if cfg is None:
+        return True, None
+    file = r.field(cfg, tpath, "path", string) if name == _FILE_LOGGER else None
+    fmt = cfg.get("log_format")
+    text: Any = cfg.get("format")
+    fields: Any = cfg.get("json_format")
+    fpath = tpath
+    if fmt is not None:
+        fpath = join(tpath, "log_format")
+        lf = r.mapping(fmt, fpath, ("text_format", "text_format_source", "json_format",
+                                    "omit_empty_values", "content_type"))
+        if lf is None:
+            return True, None
+        text = lf.get("text_format")
+        if lf.get("text_format_source") is not None:
+            source = r.mapping(lf["text_format_source"], join(fpath, "text_format_source"),
+                               ("inline_string",))
+            text = source.get("inline_string") if source else None
+        fields = lf.get("json_format")
+    text, json_fields = _format(r, text, fields, fpath, "text_format", "json_format")
+    return True, model.AccessLogFormat(file, text, json_fields)
 
 
 def listener(r: Reader, v: Any, path: str
@@ -92,8 +182,13 @@ def listener(r: Reader, v: Any, path: str
         src, src_path = own.get("protocol", (obj, path))
         values["protocol"] = r.field(src, src_path, "protocol",
                                      one_of((*r.protocols, "auto")), "http1")
+    if "access_log" not in values or "access_log" in own:
+        src, src_path = own.get("access_log", (obj, path))
+        if src.get("access_log") is not None:
+            values["access_log"], values["access_log_format"] = access_log(
+                r, src["access_log"], join(src_path, "access_log"))
     for key, convert in (("max_connections", positive), ("max_request_headers_kb", positive),
-                         ("idle_timeout", duration), ("access_log", boolean),
+                         ("idle_timeout", duration), ("generate_request_id", boolean),
                          ("accept_http_10", boolean), ("max_headers_count", positive),
                          ("request_headers_timeout", optional_duration),
                          ("max_concurrent_streams", positive),
@@ -145,6 +240,7 @@ def _filter_chain(r: Reader, obj: dict, path: str, own: dict[str, tuple[dict, st
 _HCM_SETTINGS = (("", "max_request_headers_kb", positive),
                  ("", "request_headers_timeout", optional_duration),
                  ("", "stream_idle_timeout", optional_duration),
+                 ("", "generate_request_id", boolean),
                  ("http_protocol_options", "accept_http_10", boolean),
                  ("http2_protocol_options", "max_concurrent_streams", positive),
                  ("common_http_protocol_options", "idle_timeout", duration),
@@ -159,7 +255,7 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
                 ("codec_type", "stat_prefix", "rds", "route_config", "http_filters",
                  "max_request_headers_kb", "common_http_protocol_options",
                  "http_protocol_options", "http2_protocol_options", "request_headers_timeout",
-                 "stream_idle_timeout"),
+                 "stream_idle_timeout", "access_log", "generate_request_id"),
                 refuse=("scoped_routes",))
     if hcm is None:
         return None
@@ -180,6 +276,9 @@ def _hcm(r: Reader, v: Any, path: str, own: dict[str, tuple[dict, str]],
         given = where.get(section)
         if given is not None and given[0].get(key) is not None:
             values[key] = r.field(given[0], given[1], key, convert)
+    if hcm.get("access_log") is not None:
+        values["access_log"], values["access_log_format"] = _envoy_access_logs(
+            r, hcm["access_log"], join(path, "access_log"))
     if (hcm.get("rds") is None) == (hcm.get("route_config") is None):
         r.error(path, "expected rds or route_config")
         return None

@@ -18,6 +18,7 @@ exponential backoff and jitter, and resubscribes with the versions and names it 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -65,6 +66,14 @@ def _messages():
     from envoy_data_plane.envoy.service.discovery.v3 import DiscoveryRequest, DiscoveryResponse
     from envoy_data_plane.google.rpc import Status
     return DiscoveryRequest, DiscoveryResponse, Status
+
+
+def _version_gauge(version: str) -> int:
+    """A version as a number for the stats: itself when it is one, else a hash of it (as
+    Envoy's ``version`` gauges); the text is in /config_dump."""
+    if version.isdigit() and len(version) < 16:
+        return int(version)
+    return int.from_bytes(hashlib.sha1(version.encode()).digest()[:6], "big")
 
 
 class _TypeState:
@@ -240,7 +249,9 @@ class XdsClient:
         else:
             stats = self.mesh.stats
             stats.inc("xds.ack")
-            stats.inc(f"xds.{SHORT.get(type_url, 'other')}.update_success")
+            kind = SHORT.get(type_url, "other")
+            stats.inc(f"xds.{kind}.update_success")
+            stats.set(f"xds.{kind}.version", _version_gauge(response.version_info))
             self.applied[type_url] = (response.version_info, time.time())
             log.info("xds_ack", type_url=type_url.rsplit(".", 1)[1],
                      version=response.version_info, resources=len(resources))
