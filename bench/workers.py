@@ -113,7 +113,7 @@ clusters:
 
 
 def wrk_load(port: int, seconds: int) -> tuple[subprocess.Popen, Callable[[], dict]]:
-    proc = subprocess.Popen([which("wrk"), "-t2", "-c100", f"-d{seconds}s", "--timeout", "5s",
+    proc = subprocess.Popen([which("wrk"), "-t1", "-c100", f"-d{seconds}s", "--timeout", "5s",
                              f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
 
     def result() -> dict:

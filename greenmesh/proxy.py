@@ -63,6 +63,7 @@ _HASH_MASK: Final = (1 << 64) - 1
 
 
 _HTTP: Final = ("http1", "http2")  # the protocols whose requests carry x-request-id
+_ID_MASK: Final = (1 << 48) - 1
 
 
 class _Downstream:
@@ -77,16 +78,28 @@ class _Downstream:
         self.request_id = request_id
 
 
-def _ensure_request_id(head: RequestHead) -> None:
-    """Envoy's generate_request_id: a request without x-request-id gets a random UUID4, which
-    goes upstream and into the access log."""
-    headers = head.headers
-    for name, _ in headers:
-        if name == b"x-request-id":
-            return
-    h = f"{getrandbits(128):032x}"
-    headers.append((b"x-request-id", f"{h[:8]}-{h[8:12]}-4{h[13:16]}-"
-                                     f"{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}".encode()))
+class _RequestIds:
+    """Envoy's generate_request_id: a request without x-request-id gets one in UUID4's shape,
+    which goes upstream and into the access log. The first 80 bits are random per listener and
+    the last 48 count requests: unique without 128 fresh random bits a request (which cost
+    more than the rest of the access log line, profiled)."""
+
+    __slots__ = ("_prefix", "_next")
+
+    def __init__(self) -> None:
+        r = getrandbits(64)
+        self._prefix = (f"{r >> 32:08x}-{(r >> 16) & 0xFFFF:04x}-4{(r >> 4) & 0xFFF:03x}-"
+                        f"{0x8000 | (r & 0xF) << 10 | getrandbits(10):04x}-").encode()
+        self._next = getrandbits(47)
+
+    def ensure(self, head: RequestHead) -> None:
+        headers = head.headers
+        for name, _ in headers:
+            if name == b"x-request-id":
+                return
+        self._next = n = (self._next + 1) & _ID_MASK
+        # In place: only HTTP heads get one, and their lists are not forwarded as they came.
+        headers.append((b"x-request-id", self._prefix + b"%012x" % n))
 
 
 class _Exchange:
@@ -278,6 +291,7 @@ class Proxy:
         generate_request_id)."""
         self.listener = listener
         self._request_ids = request_ids
+        self._ids = _RequestIds()
         self._stream_idle = stream_idle_timeout  # for routes that set no idle_timeout
         self._max_duration = max_stream_duration
         self._overload = overload
@@ -312,7 +326,7 @@ class Proxy:
         if scope is None:
             scope = self._downstream("http1")
         if scope.request_id:
-            _ensure_request_id(stream.request)
+            self._ids.ensure(stream.request)
         chain = self._filters
         ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
         timer = None
