@@ -15,7 +15,8 @@ import os
 from setuptools import setup
 
 # The data path, listener to upstream pool: what a request costs is spent here. Configuration,
-# xDS, the admin server and the CLI stay interpreted (they run once per change, not per request).
+# xDS, the admin server and the CLI stay interpreted (they run once per change, not per request),
+# and so must cooperate.py: spawn_held relies on an interpreted frame owning its arguments.
 COMPILED = [
     "greenmesh/access_log.py",
     "greenmesh/conn.py",

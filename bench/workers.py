@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bolt import config as bolt_bench_config
 from common import (
     COMPILED_ROOT,
     RESULTS,
@@ -96,20 +97,8 @@ route_configs:
 
 
 def bolt_config(port: int, upstream: int) -> str:
-    return f"""
-listeners:
-  - {{name: in, address: 127.0.0.1:{port}, protocol: bolt, route_config: r}}
-route_configs:
-  - name: r
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: {{headers: [{{name: service, string_match: {{exact: "com.example.EchoService:1.0"}}}}]}}
-            route: {{cluster: echo, timeout: 3s}}
-clusters:
-  - {{name: echo, protocol: bolt, endpoints: ["127.0.0.1:{upstream}"]}}
-"""
+    """bench/bolt.py's config, its connections multiplexed."""
+    return bolt_bench_config(port, upstream, 100)
 
 
 def wrk_load(port: int, seconds: int) -> tuple[subprocess.Popen, Callable[[], dict]]:

@@ -16,6 +16,7 @@ import gevent.event
 from gevent import socket, ssl
 from greenlet import getcurrent
 
+from greenmesh.cooperate import spawn_held
 from greenmesh.deadline import Expired
 
 if TYPE_CHECKING:
@@ -358,7 +359,7 @@ class BatchWriter:
         self._close_after = ""
         self._on_wait = on_wait  # a producer must wait: the peer is slower than we are
         self._stopped = False
-        self._greenlet = gevent.spawn(self._run)
+        self._greenlet = spawn_held(self._run)  # join() may kill it while it runs
 
     def wake(self) -> None:
         self._wake.set()

@@ -18,6 +18,7 @@ from gevent.hub import get_hub
 from greenlet import getcurrent
 
 from greenmesh.access_log import AccessLog
+from greenmesh.cooperate import spawn_held
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
 from greenmesh.filters.chain import FilterChain, StreamFilters
 from greenmesh.mirror import send_mirror
@@ -610,7 +611,7 @@ class Proxy:
             if relay.run(block=False):  # the whole body was already here
                 ex.body_done_at = _monotonic()
             else:
-                pump = gevent.spawn(self._pump_request, relay, cs, ex)
+                pump = spawn_held(self._pump_request, relay, cs, ex)
         try:
             try_timeout = retries.try_timeout
             resp = self._await_response(stream, cs, ex, try_timeout)
@@ -745,7 +746,7 @@ class Proxy:
         ex.status = 101
         stream.send_informational(resp)
         down, up = stream.upgrade(), cs.upgrade()
-        back = gevent.spawn(self._copy, up, down, ex, False)
+        back = spawn_held(self._copy, up, down, ex, False)
         try:
             self._copy(down, up, ex, True)
             back.join()

@@ -224,6 +224,16 @@ class Greenmesh:
         return self.proc.returncode
 
 
+def http_text(port: int, path: str) -> str:
+    """A GET's body on 127.0.0.1 (an admin page)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def parse_stats(text: str) -> dict[str, int]:
     """The counters and gauges of the admin's /stats text (histogram lines left out)."""
     out = {}

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from greenmesh.testing.controlplane import CDS, LDS, ControlPlane
 from tests.harness import Upstream, free_port, mesh_config, until
-from tests.test_xds import static_cluster
+from tests.test_xds import static_cluster, xds_mesh
 
 
 def call(port: int, path: str, method: str = "GET") -> tuple[int, str, str]:
@@ -203,15 +203,7 @@ def dyn_upstream():
 def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(
         quiet_cp, dyn_upstream, start_mesh):
     cp, up = quiet_cp, dyn_upstream
-    admin = free_port()
-    gm = start_mesh({
-        "admin": {"address": f"127.0.0.1:{admin}"},
-        "xds": {"server": f"127.0.0.1:{cp.port}", "node": {"id": "n"},
-                "initial_fetch_timeout": "30s"},
-        "listeners": [{"name": "ingress", "address": f"127.0.0.1:{free_port()}",
-                       "route_config": "r"}],
-        "route_configs": [{"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"],
-                           "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "dyn"}}]}]}]})
+    gm, _, admin = xds_mesh(start_mesh, cp.port, initial_fetch_timeout="30s")
     assert call(admin, "/ready")[:3:2] == (503, "PRE_INITIALIZING\n")
     cp.set(CDS, [static_cluster("dyn", up.address)])
     cp.set(LDS, [])
@@ -230,16 +222,7 @@ def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(
 
 
 def test_ready_stops_waiting_at_the_initial_fetch_timeout(start_mesh):
-    admin = free_port()
-    gm = start_mesh({
-        "admin": {"address": f"127.0.0.1:{admin}"},
-        "xds": {"server": f"127.0.0.1:{free_port()}", "node": {"id": "n"},
-                "initial_fetch_timeout": "0.5s"},
-        "listeners": [{"name": "ingress", "address": f"127.0.0.1:{free_port()}",
-                       "route_config": "r"}],
-        "route_configs": [{"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"],
-                           "routes": [{"match": {"prefix": "/"},
-                                       "direct_response": {"status": 200}}]}]}]})
+    gm, _, admin = xds_mesh(start_mesh, free_port(), initial_fetch_timeout="0.5s")  # nobody
     [warning] = gm.wait_log("xds_initial_fetch_timeout")
     assert warning["level"] == "warning" and warning["waiting_for"] == ["cds", "lds"]
     assert call(admin, "/ready")[:3:2] == (200, "LIVE\n")

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests.harness import ROOT, free_port, until, wait_port
+from tests.harness import ROOT, free_port, http_text, until, wait_port
 
 IMPORT_CHECK = """
 import threading
@@ -100,15 +100,6 @@ print("ok")
 """
 
 
-def http_text(port: int, path: str = "/stats") -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().read().decode()
-    finally:
-        conn.close()
-
-
 def run_py(code: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
@@ -165,7 +156,7 @@ def test_embedded_in_gunicorn_gevent_workers(tmp_path, workers):
                                         log.read_text())
             assert until(lambda: len(admins()) == workers)
             served = lambda port: int(re.search(  # noqa: E731
-                r"http\.l\.downstream_rq_total: (\d+)", http_text(int(port))).group(1))
+                r"http\.l\.downstream_rq_total: (\d+)", http_text(int(port), "/stats")).group(1))
             sent = 0
 
             def every_worker_served() -> bool:

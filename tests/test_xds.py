@@ -42,7 +42,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.google.protobuf import Any
 
 from greenmesh.testing.controlplane import CDS, EDS, LDS, RDS, ControlPlane
-from tests.harness import Upstream, free_port, until
+from tests.harness import Upstream, free_port, http_text, until
 
 ADS = ConfigSource(ads=AggregatedConfigSource())
 
@@ -95,12 +95,13 @@ def cp():
     plane.stop()
 
 
-def xds_mesh(start_mesh, cp_port: int, cluster: str = "dyn") -> tuple:
+def xds_mesh(start_mesh, cp_port: int, cluster: str = "dyn",
+             initial_fetch_timeout: str = "1s") -> tuple:
     port, admin = free_port(), free_port()
     gm = start_mesh({
         "admin": {"address": f"127.0.0.1:{admin}"},
         "xds": {"server": f"127.0.0.1:{cp_port}", "node": {"id": "test-node"},
-                "initial_fetch_timeout": "1s"},
+                "initial_fetch_timeout": initial_fetch_timeout},
         "listeners": [{"name": "ingress", "address": f"127.0.0.1:{port}",
                        "route_config": "default"}],
         "route_configs": [{"name": "default", "virtual_hosts": [{
@@ -523,7 +524,7 @@ def test_a_pushed_listener_accepts_only_once_its_routes_are_warm(cp, start_mesh,
             return False
         return True
     assert not accepting()
-    dump = json.loads(admin_get(admin, "/config_dump"))["configs"]
+    dump = json.loads(http_text(admin, "/config_dump"))["configs"]
     listeners = next(c for c in dump if c["@type"].endswith("ListenersConfigDump"))
     assert [d["name"] for d in listeners["dynamic_listeners"] if "warming_state" in d] == ["l2"]
     cp.set(RDS, [route_config("r2", "dyn")])
@@ -531,10 +532,3 @@ def test_a_pushed_listener_accepts_only_once_its_routes_are_warm(cp, start_mesh,
     assert get(port) == (200, "up1")
 
 
-def admin_get(port: int, path: str) -> str:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().read().decode()
-    finally:
-        conn.close()
