@@ -319,13 +319,11 @@ class Proxy:
         scope = self._downstream(protocol)
         return lambda stream: self.handle(stream, scope)
 
-    def handle(self, stream: ServerStream, scope: _Downstream | None = None) -> None:
+    def handle(self, stream: ServerStream, scope: _Downstream) -> None:
         """Serves one stream; never raises (one bad request must not end the connection loop).
         ``scope``: what is the same for every stream of its protocol on this listener."""
         start = _monotonic()
         self._rq.start()
-        if scope is None:
-            scope = self._downstream("http1")
         if scope.request_id:
             self._ids.ensure(stream.request)
         chain = self._filters

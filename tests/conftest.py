@@ -15,6 +15,19 @@ def upstream():
 
 
 @pytest.fixture
+def make_upstream():
+    """Starts more named test upstreams; each is stopped at teardown, whatever happened."""
+    started: list[Upstream] = []
+
+    def make(name: str) -> Upstream:
+        started.append(Upstream(name))
+        return started[-1]
+    yield make
+    for u in started:
+        u.stop()
+
+
+@pytest.fixture
 def start_mesh(tmp_path):
     """Starts greenmesh with a config; at teardown checks it is still alive and stops cleanly."""
     started: list[Greenmesh] = []

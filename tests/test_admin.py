@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenmesh.testing.controlplane import CDS, LDS, ControlPlane
-from tests.harness import Upstream, free_port, mesh_config, until
+from tests.harness import free_port, mesh_config, until
 from tests.test_xds import static_cluster, xds_mesh
 
 
@@ -193,16 +193,9 @@ def quiet_cp():
     cp.stop()
 
 
-@pytest.fixture
-def dyn_upstream():
-    up = Upstream("dyn")
-    yield up
-    up.stop()
-
-
 def test_ready_waits_for_the_first_xds_fetch_and_config_dump_shows_what_came(
-        quiet_cp, dyn_upstream, start_mesh):
-    cp, up = quiet_cp, dyn_upstream
+        quiet_cp, make_upstream, start_mesh):
+    cp, up = quiet_cp, make_upstream("dyn")
     gm, _, admin = xds_mesh(start_mesh, cp.port, initial_fetch_timeout="30s")
     assert call(admin, "/ready")[:3:2] == (503, "PRE_INITIALIZING\n")
     cp.set(CDS, [static_cluster("dyn", up.address)])

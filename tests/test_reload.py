@@ -9,10 +9,9 @@ import http.client
 import signal
 import threading
 
-import pytest
 import yaml
 
-from tests.harness import Upstream, free_port, mesh_config, until
+from tests.harness import free_port, mesh_config, until
 
 
 class KeepAliveLoad:
@@ -91,15 +90,10 @@ def test_sighup_bad_then_good_under_load_loses_nothing(upstream, start_mesh):
         conn.close()
 
 
-@pytest.fixture
-def other():
-    up = Upstream("up2")
-    yield up
-    up.stop()
-
-
-def test_sighup_applies_a_changed_cluster_and_drains_a_removed_listener(upstream, other,
+def test_sighup_applies_a_changed_cluster_and_drains_a_removed_listener(upstream,
+                                                                        make_upstream,
                                                                         start_mesh):
+    other = make_upstream("up2")
     cfg = mesh_config([upstream.address])
     cfg["listeners"].append({**cfg["listeners"][0], "name": "gone",
                              "address": f"127.0.0.1:{free_port()}"})
