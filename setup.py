@@ -32,6 +32,7 @@ COMPILED = [
     "greenmesh/stats.py",
     "greenmesh/streams/base.py",
     "greenmesh/streams/http_common.py",
+    "greenmesh/streams/inprocess.py",
     "greenmesh/streams/http1.py",
     "greenmesh/streams/http1_codec.py",
     "greenmesh/streams/http2/client.py",

@@ -11,9 +11,8 @@ from collections.abc import Callable
 from json import dumps as _dumps
 from json.encoder import encode_basestring as _escape
 
-import structlog
-
 from greenmesh.access_format import Record
+from greenmesh.logger import get_logger
 from greenmesh.streams.base import RequestHead
 
 
@@ -35,7 +34,7 @@ class AccessLog:
     __slots__ = ("_log",)
 
     def __init__(self) -> None:
-        self._log = structlog.get_logger("greenmesh.access")
+        self._log = get_logger("greenmesh.access")
 
     def log(self, listener: str, protocol: str, request: RequestHead, status: int, flags: str,
             bytes_in: int, bytes_out: int, duration_us: int, cluster: str | None,

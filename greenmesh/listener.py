@@ -13,20 +13,20 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import gevent
-import structlog
 from gevent import socket as gsocket
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from greenmesh import model, tls
 from greenmesh.conn import Conn, ConnError
+from greenmesh.logger import get_logger
 from greenmesh.overload import LimitLog, OverloadManager
 from greenmesh.proxy import Proxy
 from greenmesh.stats import Stats
 from greenmesh.streams import Match, Protocol, Registry
 from greenmesh.streams.base import ServerConnection, ServerOptions
 
-log = structlog.get_logger("greenmesh.listener")
+log = get_logger("greenmesh.listener")
 
 # Bytes a protocol may need to see before it can be told apart from the others.
 SNIFF_LIMIT: Final = 64

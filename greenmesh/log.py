@@ -1,7 +1,8 @@
 """structlog set-up: JSON lines in production, key=value on a terminal.
 
 Only the CLI calls ``configure``: an application embedding greenmesh keeps its own logging set-up,
-and greenmesh's events flow through it.
+and greenmesh's events flow through it (``logger.py``: the standard logging unless structlog is
+configured).
 
 Lines go to the stream through ``logfile.LineWriter`` (large buffers, flushed 50 ms after the
 first line).

@@ -1,4 +1,5 @@
-"""``Mesh``: owns listeners, the cluster manager, the route tables and admin.
+"""``Mesh``: owns listeners, the cluster manager, the route tables, admin and the in-process
+client (``mesh.http``, ``mesh.bolt``).
 
 Start and stop it inside any running gevent process (a gunicorn-gevent worker, a test) as often
 as needed: all its state hangs off the instance, none off a module.
@@ -14,17 +15,20 @@ from typing import TYPE_CHECKING
 
 import gevent
 import gevent.event
-import structlog
 
 from greenmesh import config as config_loader
 from greenmesh import model
 from greenmesh.access_format import DEFAULT_FORMAT, compile_json, compile_text
 from greenmesh.access_log import AccessLog, FormattedAccessLog
 from greenmesh.admin import Admin
+from greenmesh.client import LISTENER, InProcess
+from greenmesh.client.bolt import BoltClient
+from greenmesh.client.http import HttpClient
 from greenmesh.filters.chain import FilterChain
 from greenmesh.filters.registry import FilterRegistry
 from greenmesh.listener import Listener
 from greenmesh.logfile import FileLineWriter
+from greenmesh.logger import get_logger
 from greenmesh.overload import OverloadManager
 from greenmesh.proxy import Proxy
 from greenmesh.router import RouteTable
@@ -35,7 +39,7 @@ from greenmesh.upstream.manager import ClusterManager
 if TYPE_CHECKING:
     from greenmesh.xds.client import XdsClient
 
-log = structlog.get_logger("greenmesh")
+log = get_logger("greenmesh")
 
 
 class ServerState(enum.Enum):
@@ -57,8 +61,9 @@ class Mesh:
                  access_log: AccessLog | None = None, filters: FilterRegistry | None = None,
                  set_log_level: Callable[[str], None] | None = None, workers: int = 1,
                  log_line: Callable[[str], None] | None = None):
-        """``access_log``: where listeners write their access-log lines (default: through
-        structlog, so an embedding application's logging configuration applies).
+        """``access_log``: where listeners write their access-log lines (default: the logger
+        ``greenmesh.access``: structlog's once configured, else the standard logging, so an
+        embedding application's logging configuration applies).
         ``filters``: the filter types (default: those that ship, and entry points); a config
         naming an application's own types must have been loaded with the same registry.
         ``set_log_level``: what admin's POST /logging?level= calls (the CLI's structlog set-up;
@@ -88,6 +93,13 @@ class Mesh:
         # Names the control plane owns (static ones are never touched by xDS, as in Envoy).
         self._dynamic_clusters: set[str] = set()
         self._dynamic_listeners: set[str] = set()
+        self._inprocess = InProcess(self._inprocess_proxy, lambda: self.running,
+                                    self._await_routes)
+        self._client_routes: set[str] = set()  # the route configs in-process calls have used
+        self._routes_changed = gevent.event.Event()  # set (and replaced) at each change
+        #: The in-process clients: calls through this mesh with no loopback hop.
+        self.http = HttpClient(self._inprocess)
+        self.bolt = BoltClient(self._inprocess)
 
     @classmethod
     def from_file(cls, path: str, **kwargs) -> Mesh:
@@ -113,6 +125,7 @@ class Mesh:
         if cfg.xds is not None:
             from greenmesh.xds.client import XdsClient
             self.xds = XdsClient(cfg.xds, self)
+            self._want_client_routes()
             self.xds.start()
         self.running = True
         self.started_at = time.time()
@@ -138,8 +151,9 @@ class Mesh:
             self.xds.stop()
             self.xds = None
         listeners, self.listeners = list(self.listeners.values()), {}
-        if listeners:
-            gevent.joinall([gevent.spawn(lst.stop, timeout) for lst in listeners])
+        stopping = [gevent.spawn(lst.stop, timeout) for lst in listeners]
+        stopping.append(gevent.spawn(self._inprocess.stop, timeout))
+        gevent.joinall(stopping)
         if self.admin is not None:
             self.admin.stop()
             self.admin = None
@@ -214,6 +228,40 @@ class Mesh:
         self.listeners[lc.name] = listener
         return listener
 
+    def _inprocess_proxy(self, route_config: str) -> Proxy:
+        """The proxy of in-process calls on ``route_config`` (``mesh.http``, ``mesh.bolt``):
+        counted and logged as the listener ``inprocess``."""
+        self._client_routes.add(route_config)
+        self._want_client_routes()
+        return Proxy(LISTENER, lambda: self._routes.get(route_config), self.clusters,
+                     self.stats, access_log=self._access_log, overload=self.overload,
+                     stream_idle_timeout=300.0)  # Envoy's default, as a listener's
+
+    def _want_client_routes(self) -> None:
+        """The control plane is asked for the route configs in-process calls use that the
+        static config does not have (only once used: a control plane that lacks a name it is
+        asked for may hold back its whole RDS answer, as go-control-plane's cache does)."""
+        if self.xds is not None:
+            static = {rc.name for rc in self.config.route_configs}
+            self.xds.want_routes(self._client_routes - static)
+
+    def _await_routes(self, name: str) -> None:
+        """Before an in-process call: a route config the control plane has yet to send is
+        waited for, up to the initial fetch timeout (Envoy's on-demand routes wait likewise);
+        then the call goes on, and gets NR if it still has none."""
+        if name in self._routes or self.xds is None:
+            return
+        deadline = time.monotonic() + self.xds.cfg.initial_fetch_timeout
+        while name not in self._routes and self.running:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._routes_changed.wait(left):
+                return
+
+    def _set_routes(self, routes: dict[str, RouteTable]) -> None:
+        self._routes = routes
+        changed, self._routes_changed = self._routes_changed, gevent.event.Event()
+        changed.set()
+
     def apply_dynamic(self, *, clusters: list[model.Cluster] | None = None,
                       route_configs: list[model.RouteConfig] | None = None,
                       listeners: list[model.Listener] | None = None) -> None:
@@ -231,7 +279,7 @@ class Mesh:
             routes = {rc.name: RouteTable(rc) for rc in cfg.route_configs}
             for rc in route_configs:
                 routes.setdefault(rc.name, RouteTable(rc))
-            self._routes = routes
+            self._set_routes(routes)
         if listeners is not None:
             static = {lc.name for lc in cfg.listeners}
             wanted = {lc.name: lc for lc in listeners if lc.name not in static}
@@ -274,7 +322,7 @@ class Mesh:
                 tables.pop(name, None)
             for rc in routes:
                 tables[rc.name] = RouteTable(rc)
-            self._routes = tables
+            self._set_routes(tables)
         listeners, gone_listeners = diff("listeners", {lc.name: lc for lc in old.listeners},
                                          {lc.name: lc for lc in new.listeners})
         for name in [*gone_listeners, *(lc.name for lc in listeners)]:

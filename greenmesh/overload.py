@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Final
 
 import gevent
-import structlog
 
 from greenmesh import model
 from greenmesh.config.overload import (
@@ -26,9 +25,10 @@ from greenmesh.config.overload import (
     STOP_ACCEPTING_CONNECTIONS,
     STOP_ACCEPTING_REQUESTS,
 )
+from greenmesh.logger import get_logger
 from greenmesh.stats import Stats
 
-log = structlog.get_logger("greenmesh.overload")
+log = get_logger("greenmesh.overload")
 
 # File descriptors kept for the process itself (logs, admin, control plane, health checks).
 RESERVED_FDS: Final = 64

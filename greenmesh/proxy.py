@@ -13,7 +13,6 @@ from random import getrandbits
 from typing import Final
 
 import gevent
-import structlog
 from gevent.hub import get_hub
 from greenlet import getcurrent
 
@@ -21,6 +20,7 @@ from greenmesh.access_log import AccessLog
 from greenmesh.cooperate import spawn_held
 from greenmesh.failures import LocalReply, ResetReason, ResponseFlag, render_flags
 from greenmesh.filters.chain import FilterChain, StreamFilters
+from greenmesh.logger import get_logger
 from greenmesh.mirror import send_mirror
 from greenmesh.overload import OverloadManager
 from greenmesh.retry import RetryState
@@ -47,7 +47,7 @@ from greenmesh.upstream.cluster import ClusterSnapshot
 from greenmesh.upstream.manager import ClusterManager
 from greenmesh.upstream.pool import PoolOverflow
 
-log = structlog.get_logger("greenmesh.proxy")
+log = get_logger("greenmesh.proxy")
 
 IDEMPOTENT: Final = frozenset((b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"))
 # A request body up to this size is kept so the request can be sent again on a fresh connection.
@@ -63,7 +63,8 @@ _IE: Final = ResponseFlag.INTERNAL_ERROR
 _HASH_MASK: Final = (1 << 64) - 1
 
 
-_HTTP: Final = ("http1", "http2")  # the protocols whose requests carry x-request-id
+# The protocols whose requests carry x-request-id ("http": the in-process client's).
+_HTTP: Final = ("http1", "http2", "http")
 _ID_MASK: Final = (1 << 48) - 1
 
 
@@ -382,6 +383,7 @@ class Proxy:
             if sf.flags:
                 ex.flags.extend(f for f in sf.flags if f not in ex.flags)
             metadata = sf.metadata or None
+        stream.finished(ex.flags, ex.error)
         status = ex.status
         took = _monotonic() - start
         self._rq.done(status, took)
@@ -484,7 +486,7 @@ class Proxy:
         if matched.request_add or matched.request_remove:
             head.headers = _apply_header_ops(head.headers, matched.request_add,
                                              matched.request_remove)
-        timeout = action.timeout or None
+        timeout = head.timeout if head.timeout is not None else action.timeout or None
         breakers = cluster.breakers
         if not breakers.try_request():
             self._stats.inc(f"cluster.{cluster.name}.upstream_rq_overflow")

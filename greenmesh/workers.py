@@ -22,13 +22,13 @@ from urllib.parse import parse_qs, urlencode
 
 import gevent
 import gevent.event
-import structlog
 from gevent.pywsgi import WSGIServer
 
 from greenmesh import model
 from greenmesh.admin.prometheus import CONTENT_TYPE as PROMETHEUS
+from greenmesh.logger import get_logger
 
-log = structlog.get_logger("greenmesh.workers")
+log = get_logger("greenmesh.workers")
 
 RESTART_BACKOFF = 1.0  # a worker that died within its first seconds waits this long, doubling
 MAX_BACKOFF = 30.0

@@ -5,6 +5,7 @@ gunicorn-gevent worker."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -178,3 +179,53 @@ def test_embedded_in_gunicorn_gevent_workers(tmp_path, workers):
         gunicorn.kill()
         up.kill()
         up.wait()
+
+
+def test_the_gunicorn_example_calls_two_services_through_the_mesh(tmp_path):
+    """etc/examples as scripts/example.sh runs them (on fresh ports): the app's calls go through
+    each worker's mesh, one to an HTTP/1.1 service and one over HTTP/2, logged through the
+    standard logging; with the services gone the app gets the mesh's error and its flags."""
+    users, search, admin, app_port = free_port(), free_port(), free_port(), free_port()
+    config = (ROOT / "etc" / "examples" / "gateway.yaml").read_text()
+    for old, new in (("8080", users), ("8081", search), ("15000", admin)):
+        assert old in config
+        config = config.replace(old, str(new))
+    (tmp_path / "gateway.yaml").write_text(config)
+    services = subprocess.Popen([sys.executable, str(ROOT / "etc" / "examples" / "services.py"),
+                                 str(users), str(search)], cwd=ROOT, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, GREENMESH_CONFIG=str(tmp_path / "gateway.yaml"),
+               PYTHONPATH=str(ROOT))
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out_file:
+        gunicorn = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "etc" / "gunicorn_conf.py"),
+             "--chdir", str(ROOT / "etc" / "examples"), "-b", f"127.0.0.1:{app_port}",
+             "gateway:app"], cwd=tmp_path, env=env, stdout=out_file, stderr=subprocess.STDOUT)
+    try:
+        wait_port(users, services)
+        wait_port(search, services)
+        wait_port(app_port, gunicorn)
+
+        def get(path: str) -> tuple[int, dict]:
+            conn = http.client.HTTPConnection("127.0.0.1", app_port, timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, json.loads(resp.read())
+        status, body = get("/users/7")
+        assert status == 200, body
+        assert body["user"]["served_by"] == "users"
+        assert json.loads(body["user"]["request"])["path"] == "/echo/users/7"
+        assert body["search"]["protocol"] == "HTTP/2" and body["search"]["asked"] == {"user": "7"}
+        assert until(lambda: log.read_text().count("access listener=inprocess") == 2)
+        services.kill()
+        services.wait()
+        status, body = get("/users/8")
+        assert status == 502 and "UF" in body["flags"], body
+        gunicorn.send_signal(signal.SIGTERM)
+        gunicorn.wait(timeout=30)
+        assert gunicorn.returncode == 0, log.read_text()
+        assert "mesh_stopped" in log.read_text()
+    finally:
+        gunicorn.kill()
+        services.kill()
+        services.wait()

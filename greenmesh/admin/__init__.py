@@ -15,17 +15,17 @@ from urllib.parse import parse_qs
 
 import gevent
 import greenlet
-import structlog
 from gevent.pywsgi import WSGIServer
 
 from greenmesh.admin import prometheus
 from greenmesh.admin.views import clusters_json, clusters_text, config_dump, gauges
+from greenmesh.logger import get_logger
 from greenmesh.overload import resident_bytes
 
 if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
 
-log = structlog.get_logger("greenmesh.admin")
+log = get_logger("greenmesh.admin")
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"

@@ -12,16 +12,15 @@ from __future__ import annotations
 import traceback
 from typing import Any, Final
 
-import structlog
-
 from greenmesh import model
 from greenmesh.failures import LocalReply, ResponseFlag
 from greenmesh.filters.api import Filter, FilterContext, ResetStream
 from greenmesh.filters.registry import FilterRegistry
+from greenmesh.logger import get_logger
 from greenmesh.stats import Stats
 from greenmesh.streams.base import FilterError, Headers, RequestHead, ResponseHead
 
-log = structlog.get_logger("greenmesh.filters")
+log = get_logger("greenmesh.filters")
 
 _PHASES: Final = ("before_route", "after_route", "after_host", "request_data",
                   "request_trailers", "response_headers", "response_data", "response_trailers",

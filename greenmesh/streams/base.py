@@ -144,7 +144,7 @@ class RequestHead(MessageHead):
     """For RPC protocols: method = the RPC method, path = the service, authority = the target
     application, headers = the protocol's header map."""
 
-    __slots__ = ("method", "path", "authority", "scheme", "upgrade", "peer")
+    __slots__ = ("method", "path", "authority", "scheme", "upgrade", "peer", "timeout")
 
     def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
                  headers: Headers, upgrade: bytes = b"", native: object = None):
@@ -157,6 +157,10 @@ class RequestHead(MessageHead):
         self.upgrade = upgrade
         # The client's IP (for hashing on it), when the codec knows it.
         self.peer = b""
+        # The route timeout this request asks for instead of its route's, in seconds (the
+        # in-process client's ``timeout=``: a caller in the same process is trusted, as Envoy
+        # trusts x-envoy-upstream-rq-timeout-ms from internal callers); None: the route's.
+        self.timeout: float | None = None
 
 
 class ResponseHead(MessageHead):
@@ -272,6 +276,11 @@ class ServerStream:
     def on_reset(self, callback: Callable[[], None]) -> None:  # noqa: B027 - a no-op default
         """Calls ``callback`` (from another greenlet; it must not block) if the client resets
         the stream while the response is being produced. Protocols that cannot tell ignore it."""
+
+    def finished(self, flags: list[ResponseFlag], details: str) -> None:  # noqa: B027
+        """The proxy is done with the stream; why it ended as it did (the access log's response
+        flags and details). The in-process stream hands them to its caller; a wire protocol
+        has said all it can already."""
 
 
 @trait

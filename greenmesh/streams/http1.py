@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-import structlog
-
 from greenmesh.conn import Conn, ConnError, ConnTimeout
 from greenmesh.failures import LocalReply, ResetReason
+from greenmesh.logger import get_logger
 from greenmesh.streams import Match, Protocol
 from greenmesh.streams.base import (
     WOULD_BLOCK,
@@ -59,7 +58,7 @@ from greenmesh.streams.http_common import (
     send_http_local_reply,
 )
 
-log = structlog.get_logger("greenmesh.http1")
+log = get_logger("greenmesh.http1")
 
 _MAX_METHOD: Final = 24
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"

@@ -7,16 +7,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import gevent
-import structlog
 
 from greenmesh import model
 from greenmesh.conn import Conn, ConnError
+from greenmesh.logger import get_logger
 from greenmesh.streams import Registry
 from greenmesh.streams.base import RequestHead, StreamError
 from greenmesh.upstream.host import Host
 
 USER_AGENT = b"greenmesh-health-check"
-log = structlog.get_logger("greenmesh.health")
+log = get_logger("greenmesh.health")
 
 
 def probe(host: Host, hc: model.HealthCheck, cluster: str, registry: Registry) -> bool:

@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterable
 
 import gevent
-import structlog
 
 from greenmesh import model, tls
 from greenmesh.cooperate import Slicer
+from greenmesh.logger import get_logger
 from greenmesh.stats import RequestStats, Stats
 from greenmesh.streams import Registry
 from greenmesh.upstream import health, outlier
@@ -26,7 +26,7 @@ from greenmesh.upstream.cluster import ClusterSnapshot
 from greenmesh.upstream.host import Host, HostHealth
 from greenmesh.upstream.pool import Pool, make_pool
 
-log = structlog.get_logger("greenmesh.upstream")
+log = get_logger("greenmesh.upstream")
 
 
 def _pool_settings(c: model.Cluster) -> tuple:

@@ -28,7 +28,6 @@ import gevent
 import gevent.event
 import gevent.queue
 import grpc
-import structlog
 
 from greenmesh import model
 from greenmesh.config.clusters import cluster, load_assignment
@@ -36,6 +35,7 @@ from greenmesh.config.listeners import listener
 from greenmesh.config.reader import Reader
 from greenmesh.config.routes import route_config
 from greenmesh.cooperate import Slicer
+from greenmesh.logger import get_logger
 from greenmesh.xds import fast
 from greenmesh.xds.resources import (
     CDS,
@@ -53,7 +53,7 @@ from greenmesh.xds.resources import (
 if TYPE_CHECKING:
     from greenmesh.mesh import Mesh
 
-log = structlog.get_logger("greenmesh.xds")
+log = get_logger("greenmesh.xds")
 
 # Envoy's short names of each type, for stats (xds.cds.update_success...).
 SHORT = {CDS: "cds", EDS: "eds", LDS: "lds", RDS: "rds"}
@@ -117,6 +117,8 @@ class XdsClient:
         self._inline_routes: dict[str, model.RouteConfig] = {}
         self._rds_routes: dict[str, model.RouteConfig] = {}
         self._routes_expired: set[str] = set()
+        self._listener_rds: set[str] = set()  # the route configs the listeners name
+        self._client_rds: set[str] = set()  # those the in-process client uses (not awaited)
         self.responses = 0
         # type -> (version, wall-clock time) of the last update applied (for /config_dump).
         self.applied: dict[str, tuple[str, float]] = {}
@@ -283,7 +285,7 @@ class XdsClient:
         out = [SHORT[t] for t in (CDS, LDS) if t not in self._answered]
         out += [f"eds:{s}" for s in sorted(self.state[EDS].names)
                 if s not in self._endpoints and s not in self._warm_expired]
-        out += [f"rds:{n}" for n in sorted(self.state[RDS].names)
+        out += [f"rds:{n}" for n in sorted(self._listener_rds)
                 if n not in self._rds_routes and n not in self._routes_expired]
         return out
 
@@ -324,6 +326,13 @@ class XdsClient:
         if r.errors:
             raise ResourceError(r.errors)
         return out
+
+    def want_routes(self, names: set[str]) -> None:
+        """The route configs the in-process client calls through (``outbound``...): asked for
+        beside the listeners' ones, but not waited for by /ready (a control plane that has no
+        such route config must not hold every mesh back for its initial fetch timeout)."""
+        self._client_rds = set(names)
+        self._subscribe(RDS, self._listener_rds | self._client_rds)
 
     def _subscribe(self, type_url: str, names: set[str]) -> None:
         st = self.state[type_url]
@@ -387,7 +396,8 @@ class XdsClient:
         rds = {lst.route_config for lst, rc in pairs if rc is None}
         for name in rds - set(self._rds_routes) - self._routes_expired:
             gevent.spawn_later(self.cfg.initial_fetch_timeout, self._routes_timeout, name)
-        self._subscribe(RDS, rds)
+        self._listener_rds = rds
+        self._subscribe(RDS, rds | self._client_rds)
         self.mesh.apply_dynamic(route_configs=[*self._rds_routes.values(),
                                                *self._inline_routes.values()],
                                 listeners=self._warm_listeners())

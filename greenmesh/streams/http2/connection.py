@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
-import structlog
 from gevent.event import Event
 
 from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
 from greenmesh.deadline import Expired, within
 from greenmesh.failures import ResetReason
+from greenmesh.logger import get_logger
 from greenmesh.streams.base import (
     WOULD_BLOCK,
     ConnectionState,
@@ -37,7 +37,7 @@ from greenmesh.streams.http2.codec import H2Codec
 from greenmesh.streams.http2.frames import ErrorCode, error_name
 from greenmesh.streams.http2.state import ConnectionError_
 
-log = structlog.get_logger("greenmesh.http2")
+log = get_logger("greenmesh.http2")
 
 MAX_CONCURRENT_STREAMS: Final = 100
 # A stream may have this much unread data in flight; the connection, this much over all streams.

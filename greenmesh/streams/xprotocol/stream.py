@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Container
 
 import gevent
-import structlog
 from gevent.event import AsyncResult, Event
 from mypy_extensions import trait
 
@@ -24,6 +23,7 @@ from greenmesh import model
 from greenmesh.conn import HIGH_WATER, STALL_TIMEOUT, BatchWriter, Conn, ConnError
 from greenmesh.deadline import Expired, within
 from greenmesh.failures import LocalReply, ResponseFlag
+from greenmesh.logger import get_logger
 from greenmesh.streams import Protocol
 from greenmesh.streams.base import (
     Chunk,
@@ -46,7 +46,7 @@ from greenmesh.streams.base import (
 from greenmesh.streams.multiplex import MultiplexServerConnection
 from greenmesh.streams.xprotocol import MAX_FRAME, CodecError, XCodec, XFrame
 
-log = structlog.get_logger("greenmesh.xprotocol")
+log = get_logger("greenmesh.xprotocol")
 
 
 class _WriteQueue(BatchWriter):
