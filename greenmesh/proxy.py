@@ -321,7 +321,9 @@ class Proxy:
         return lambda stream: self.handle(stream, scope)
 
     def handle(self, stream: ServerStream, scope: _Downstream) -> None:
-        """Serves one stream; never raises (one bad request must not end the connection loop).
+        """Serves one stream; raises nothing but what ends its greenlet from outside (a kill, a
+        caller's own timeout), after cleaning up (one bad request must not end the connection
+        loop).
         ``scope``: what is the same for every stream of its protocol on this listener."""
         start = _monotonic()
         self._rq.start()
@@ -330,6 +332,7 @@ class Proxy:
         chain = self._filters
         ex = _Exchange(stream, chain.start(stream.request) if chain is not None else None)
         timer = None
+        cancelled: BaseException | None = None
         if self._max_duration is not None:
             timer = get_hub().loop.timer(self._max_duration)
             timer.start(getcurrent().throw, DurationExpired)
@@ -375,6 +378,17 @@ class Proxy:
             log.exception("proxy_error", listener=self.listener)
             ex.flags.append(_IE)
             stream.reset("internal error")
+        except BaseException as stop:
+            # The greenlet is killed, or an in-process caller's own timeout fired (its call
+            # runs in its greenlet): nobody is left to answer, but the upstream stream must not
+            # be left open, and the request is still counted and logged. Raised again below.
+            cs = ex.upstream_stream
+            if cs is not None:
+                cs.reset("cancelled")
+            ex.flags.append(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+            ex.error = ex.error or f"cancelled ({type(stop).__name__})"
+            stream.reset("cancelled")
+            cancelled = stop
         metadata = None
         sf = ex.filters
         if sf is not None:
@@ -394,6 +408,8 @@ class Proxy:
             self._access_log.log(self.listener, scope.protocol, stream.request, status,
                                  render_flags(ex.flags), ex.bytes_in, ex.bytes_out,
                                  int(took * 1e6), ex.cluster, ex.upstream, ex.error, metadata)
+        if cancelled is not None:
+            raise cancelled
 
     def _count_failure(self, ex: _Exchange) -> None:
         """The cluster's counters of why requests failed, from their response flags."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import gevent
+import gevent.event
 
 from greenmesh.client.errors import MeshStopped, mesh_error
 from greenmesh.cooperate import spawn_held
@@ -41,7 +42,9 @@ class InProcess:
         self._running = running
         self._await_routes = await_routes
         self._handlers: dict[tuple[str, str], StreamHandler] = {}
-        self._calls: set[gevent.Greenlet] = set()
+        self._streams: set[InProcessStream] = set()  # the calls in flight
+        self._greenlets: set[gevent.Greenlet] = set()  # those served in greenlets of their own
+        self._idle = gevent.event.Event()  # set whenever no call is in flight
 
     def _handler(self, route_config: str, protocol: str) -> StreamHandler:
         handler = self._handlers.get((route_config, protocol))
@@ -51,27 +54,42 @@ class InProcess:
         return handler
 
     def start(self, route_config: str, protocol: str, stream: InProcessStream,
-              target: str) -> None:
-        """Serves ``stream`` in a greenlet of its own and waits for its response head (or for
-        greenmesh's own answer). Raises MeshStopped when the mesh is not running, and the
-        call's MeshError when greenmesh answered it with a failure."""
+              target: str, background: bool) -> None:
+        """Serves ``stream``: in the caller's greenlet until the proxy is done with it, or (a
+        streamed response: ``background``) in a greenlet of its own, returning once its
+        response head came. Raises MeshStopped when the mesh is not running, and the call's
+        MeshError when greenmesh answered it with a failure."""
         handler = self._handler(route_config, protocol)
         if self._running():
             self._await_routes(route_config)
         if not self._running():
             raise MeshStopped(f"{target}: the mesh is not running", [])
-        g = spawn_held(handler, stream)
-        calls = self._calls
-        calls.add(g)
-        def ended(done: gevent.Greenlet) -> None:  # also when killed before it ran
-            calls.discard(done)
-            stream.end()
-        g.rawlink(ended)
-        try:
-            stream.wait_head()
-        except BaseException:  # the caller's own timeout or kill: the call is abandoned
-            stream.cancel()
-            raise
+        streams = self._streams
+        streams.add(stream)
+        if background:
+            g = spawn_held(handler, stream)
+
+            def ended(done: gevent.Greenlet) -> None:  # also when killed before it ran
+                streams.discard(stream)
+                stream.end()
+                if not streams:
+                    self._idle.set()
+            g.rawlink(ended)
+            self._greenlets.add(g)
+            g.rawlink(self._greenlets.discard)
+            try:
+                stream.wait_head()
+            except BaseException:  # the caller's own timeout or kill: the call is abandoned
+                stream.cancel()
+                raise
+        else:
+            try:
+                handler(stream)  # a kill or the caller's timeout: the proxy cleans up, re-raises
+            finally:
+                streams.discard(stream)
+                stream.end()
+                if not streams:
+                    self._idle.set()
         self.raise_failure(stream, target)
 
     def raise_failure(self, stream: InProcessStream, target: str) -> None:
@@ -89,14 +107,18 @@ class InProcess:
                 raise mesh_error(target, stream.flags or local.flags, local.status,
                                  stream.details, local.body)
             return
-        if not stream.flags and not self._running():
-            raise MeshStopped(f"{target}: the mesh stopped", [])
+        if not self._running():  # stopping cut it short
+            raise MeshStopped(f"{target}: the mesh stopped during the call", stream.flags)
         raise mesh_error(target, stream.flags, 0, stream.details or "the response was cut short")
 
     def stop(self, timeout: float) -> None:
-        """Calls in flight get ``timeout`` to finish; then they are ended (their callers get
-        an error, their upstream streams are reset)."""
-        calls = list(self._calls)
-        if calls:
-            gevent.joinall(calls, timeout=timeout)
-            gevent.killall(list(self._calls), block=True, timeout=1)
+        """Calls in flight get ``timeout`` to finish; then they are cancelled as a client that
+        went away is (their upstream streams reset: their callers get MeshStopped)."""
+        if self._streams:
+            self._idle.clear()
+            self._idle.wait(timeout)
+        for stream in list(self._streams):
+            stream.cancel()
+        if self._greenlets:  # what was not waiting on an upstream stream
+            gevent.joinall(list(self._greenlets), timeout=1)
+            gevent.killall(list(self._greenlets), block=True, timeout=1)

@@ -68,8 +68,9 @@ class BoltClient:
                            frame.headers, native=frame)
         head.message_bytes = len(frame.raw)
         head.timeout = timeout
-        call = InProcessStream(head, None)
-        self._calls.start(self.route_config, "bolt", call, f"bolt {service}#{method}")
+        call = InProcessStream(head, None, 0)
+        self._calls.start(self.route_config, "bolt", call, f"bolt {service}#{method}",
+                          background=False)
         if oneway:
             return None
         response = call.head

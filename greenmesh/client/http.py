@@ -235,9 +235,9 @@ class HttpClient:
                            parts.netloc.rpartition("@")[2].encode("latin-1"),
                            parts.scheme.encode("latin-1"), fields)
         head.timeout = timeout
-        call = InProcessStream(head, body, self._buffer_limit)
+        call = InProcessStream(head, body, self._buffer_limit if stream else 0)
         target = f"{method.upper()} {url}"
-        self._calls.start(self.route_config, "http", call, target)
+        self._calls.start(self.route_config, "http", call, target, background=stream)
         response = Response(call, self._calls, url, target)
         if not stream:
             response.content  # noqa: B018 - read it all now, as requests does

@@ -1,11 +1,13 @@
 """The in-process stream: a request made by a Python call (``mesh.http``, ``mesh.bolt``), served
 by the same proxy as a listener's streams, with no socket and no codec in between.
 
-The proxy serves it in a greenlet of its own, as a listener's connection would; the caller's
-greenlet waits for the response head, then takes the body as the proxy hands it over. What was
-handed over and not yet taken is bounded (the proxy's ``send_data`` waits past
-``buffer_limit``), so a large response streams through in bounded memory; a request body is
-pulled from the caller's iterable only as fast as the upstream takes it.
+A call that wants its whole response runs the proxy in the caller's own greenlet (no greenlet
+spawned, no switch: the response is all there when the proxy returns). A streamed response is
+served in a greenlet of its own, as a listener's connection would; the caller's greenlet waits
+for the head, then takes the body as the proxy hands it over, and what was handed over and not
+yet taken is bounded (the proxy's ``send_data`` waits past ``buffer_limit``), so a large
+response streams through in bounded memory. A request body is pulled from the caller's iterable
+only as fast as the upstream takes it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class InProcessStream(ServerStream):
     def __init__(self, request: RequestHead, body: bytes | Iterable[bytes] | None,
                  buffer_limit: int = 1 << 20, idle_timeout: float | None = 300.0):
         """``body``: bytes, an iterable of bytes (sent as it yields), or None.
+        ``buffer_limit``: 0 when the proxy runs in the caller's greenlet (nobody else could
+        take what it hands over, and the caller wants all of it).
         ``idle_timeout``: how long the proxy waits for a caller that takes nothing of a
         streamed response before it gives up on it (Envoy's stream idle timeout)."""
         self.request = request
@@ -127,7 +131,7 @@ class InProcessStream(ServerStream):
         if end_stream:
             self.state = CallState.COMPLETE
         self._changed.set()
-        while self._buffered > self._limit and not self._cancelled:
+        while self._limit and self._buffered > self._limit and not self._cancelled:
             self._taken.clear()
             # The caller reads slower than the upstream sends; one that reads nothing at all
             # (a streamed response forgotten) must not hold the upstream stream for ever.
