@@ -14,7 +14,6 @@ build, access log on). Medians of the rounds for time, the largest growth seen.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -25,14 +24,13 @@ from pathlib import Path
 
 from common import (
     LOAD_CORE,
-    RESULTS,
-    ROOT,
     free_port,
     greenmesh,
     mosn,
     one_route_config,
     pinned,
     rss_mib,
+    save_results,
     stop_all,
     wait_port,
     which,
@@ -161,10 +159,7 @@ clusters:
                         f"{b['peak_rss_growth_mib']:.1f} MiB")
                 ratios[f"{proto} {way}"] = line
                 print(line)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "bodies.json"
-    path.write_text(json.dumps({"title": title, "rows": rows, "ratios": ratios}, indent=2) + "\n")
-    print(f"(also in {path.relative_to(ROOT)})")
+    save_results("bodies", {"title": title, "rows": rows, "ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -298,8 +298,13 @@ def print_table(title: str, rows: dict[str, Row], ratios: list[tuple[str, str]],
     for name, r in rows.items():
         if r.errors:
             print(f"{name}: errors: {r.errors}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{json_name}.json"
-    path.write_text(json.dumps({"title": title, "rows": {k: vars(v) for k, v in rows.items()},
-                                "ratios": ratio_lines}, indent=2) + "\n")
+    save_results(json_name, {"title": title, "rows": {k: vars(v) for k, v in rows.items()},
+                             "ratios": ratio_lines})
+
+
+def save_results(name: str, result: dict) -> None:
+    """A benchmark's table as JSON in bench/results/<name>.json, and where it went."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"(also in {path.relative_to(ROOT)})")

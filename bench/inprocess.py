@@ -25,7 +25,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import COMPILED_ROOT, LOAD_CORE, RESULTS, ROOT, free_port, pinned, stop_all, wait_port
+from common import (
+    COMPILED_ROOT,
+    LOAD_CORE,
+    free_port,
+    pinned,
+    save_results,
+    stop_all,
+    wait_port,
+)
 
 MODES = ("direct", "listener", "mesh.http")
 CONCURRENCY = (1, 10)
@@ -33,7 +41,7 @@ CONCURRENCY = (1, 10)
 APP = r'''
 from gevent import monkey
 monkey.patch_all()
-import http.client, json, os, sys, time
+import gc, http.client, json, os, sys, time
 import gevent
 from greenmesh.config import load_dict
 from greenmesh.mesh import Mesh
@@ -46,6 +54,7 @@ mesh = Mesh(load_dict({
         {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": route}]},
         {"name": "outbound", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": route}]}],
     "clusters": [{"name": "c", "endpoints": [f"127.0.0.1:{up}"]}]})).start()
+gc.freeze()  # what start-up made is never collected again: as the CLI and gunicorn_conf.py do
 
 
 def plain(port):
@@ -148,10 +157,7 @@ def main() -> None:
                 f"CPU per request {mesh['cpu_us'] / hop['cpu_us']:.2f}x")
         verdict[f"c{c}"] = line
         print(line)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "inprocess.json"
-    path.write_text(json.dumps({"title": title, "rows": rows, "ratios": verdict}, indent=2) + "\n")
-    print(f"(also in {path.relative_to(ROOT)})")
+    save_results("inprocess", {"title": title, "rows": rows, "ratios": verdict})
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ same case: medians over the rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -25,14 +24,13 @@ from pathlib import Path
 
 from common import (
     LOAD_CORE,
-    RESULTS,
-    ROOT,
     cpu_seconds,
     free_port,
     greenmesh,
     mosn,
     one_route_config,
     pinned,
+    save_results,
     stop_all,
     wait_port,
 )
@@ -130,11 +128,7 @@ def main() -> None:
         errors = {n: r["errors"] for n, r in med.items() if r["errors"]}
         if errors:
             print(f"{case}: errors: {errors}")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "latency.json"
-    path.write_text(json.dumps({"title": title, "greenmesh_peak_rps": peaks, "rows": rows},
-                               indent=2) + "\n")
-    print(f"(also in {path.relative_to(ROOT)})")
+    save_results("latency", {"title": title, "greenmesh_peak_rps": peaks, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ the file limit, may be under N on a machine whose hard file limit is 20,000).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import resource
 import shutil
@@ -35,14 +34,13 @@ from pathlib import Path
 
 from common import (
     MOSN,
-    RESULTS,
-    ROOT,
     cpu_seconds,
     free_port,
     greenmesh,
     mosn,
     one_route_config,
     rss_mib,
+    save_results,
     stop_all,
     wait_port,
 )
@@ -206,11 +204,7 @@ def main() -> None:
     for name, r in rows.items():
         print(f"{name}: with {args.held} idle connections held, -c50 keeps "
               f"{r['c50_with_held']['rps'] / r['c50']['rps']:.0%} of its req/s")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / "scale.json"
-    path.write_text(json.dumps({"title": title, "rows": rows, "ratios": ratios}, indent=2)
-                    + "\n")
-    print(f"(also in {path.relative_to(ROOT)})")
+    save_results("scale", {"title": title, "rows": rows, "ratios": ratios})
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ class BoltServer(LoopbackServer):
         self.heartbeats = 0
         self.oneways = 0
         self.replies = 0  # responses written (late ones included)
+        self.hung_up = 0  # connections the client (greenmesh) closed
         super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -123,6 +124,7 @@ class BoltServer(LoopbackServer):
                                         ).start()
                     else:
                         reply(response(f["id"], b"echo:" + content))
+            self.hung_up += 1
         except OSError:
             pass
 

@@ -1,10 +1,29 @@
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
 from tests.harness import Greenmesh, Upstream
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "source_only: runs on the Python source only, not again on the compiled "
+        "build: it tests what is never compiled (config, xDS, admin, workers, reload); the "
+        "data path it drives on the way is tested in both runs by the other tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The compiled run (GREENMESH_COMPILED=1, scripts/test.sh) leaves out source_only tests,
+    which keeps the whole suite under CI's 10 minutes."""
+    if os.environ.get("GREENMESH_COMPILED") != "1":
+        return
+    kept = [item for item in items if item.get_closest_marker("source_only") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
 
 
 @pytest.fixture

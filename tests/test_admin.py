@@ -15,6 +15,8 @@ from greenmesh.testing.controlplane import CDS, LDS, ControlPlane
 from tests.harness import free_port, mesh_config, until
 from tests.test_xds import static_cluster, xds_mesh
 
+pytestmark = pytest.mark.source_only  # config, xDS, admin, workers, reload: see conftest.py
+
 
 def call(port: int, path: str, method: str = "GET") -> tuple[int, str, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)

@@ -12,6 +12,8 @@ from greenmesh import model
 from greenmesh.config import ConfigError, load_text
 from tests.harness import ROOT, free_port
 
+pytestmark = pytest.mark.source_only  # config, xDS, admin, workers, reload: see conftest.py
+
 GOOD = """
 admin: {address: 127.0.0.1:15000}
 listeners:

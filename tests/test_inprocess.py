@@ -43,6 +43,11 @@ def vhost(domain: str, cluster: str, **route) -> dict:
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": cluster, **route}}]}
 
 
+def one_service(mesh, address: str) -> Mesh:
+    """A mesh whose calls to http://svc/ go to ``address``."""
+    return mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c", "endpoints": [address]}]))
+
+
 def echo(resp) -> dict:
     """The test upstream's /echo: a JSON line about the request, then its body."""
     return json.loads(resp.content.split(b"\n", 1)[0])
@@ -105,7 +110,7 @@ def test_routes_by_authority_with_rewrites_header_ops_and_named_route_configs(ma
 def test_calls_are_logged_through_the_standard_logging(make_upstream, mesh, caplog, capsys):
     up = make_upstream("u")
     caplog.set_level(logging.INFO, logger="greenmesh")
-    m = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c", "endpoints": [up.address]}]))
+    m = one_service(mesh, up.address)
     m.http.get("http://svc/hello", headers={"user-agent": "app/1"})
     assert wait_for(lambda: any(r.name == "greenmesh.access" for r in caplog.records))
     access = [r.getMessage() for r in caplog.records if r.name == "greenmesh.access"]
@@ -129,7 +134,7 @@ def test_a_failing_host_is_retried_on_another(upstream, mesh):
     assert [m.http.get("http://svc/").status_code for _ in range(10)] == [200] * 10
     assert m.stats.counters["cluster.c.upstream_rq_retry"] >= 4
     # Without a retry policy the failure reaches the caller, with Envoy's flag.
-    m2 = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c", "endpoints": [dead]}]))
+    m2 = one_service(mesh, dead)
     with pytest.raises(UpstreamUnavailable) as e:
         m2.http.get("http://svc/")
     assert e.value.flag is ResponseFlag.UPSTREAM_CONNECTION_FAILURE and e.value.status == 503
@@ -201,8 +206,7 @@ def test_an_h2_upstream_from_plain_python(mesh):
 
 
 def test_a_caller_that_gives_up_resets_the_upstream_stream(upstream, mesh):
-    m = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c",
-                                                    "endpoints": [upstream.address]}]))
+    m = one_service(mesh, upstream.address)
     with pytest.raises(gevent.Timeout), gevent.Timeout(0.2):
         m.http.get("http://svc/delay/3")
     # A streamed response closed before its end.
@@ -216,8 +220,7 @@ def test_a_caller_that_gives_up_resets_the_upstream_stream(upstream, mesh):
 
 
 def test_a_request_body_iterable_that_raises_gives_the_caller_its_exception(upstream, mesh):
-    m = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c",
-                                                    "endpoints": [upstream.address]}]))
+    m = one_service(mesh, upstream.address)
 
     def body():
         yield b"part"
@@ -257,8 +260,7 @@ def test_bolt_invoke_against_a_bolt_peer(mesh):
 
 
 def test_stop_lets_calls_in_flight_finish_then_calls_fail_fast(upstream, mesh):
-    m = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c",
-                                                    "endpoints": [upstream.address]}]))
+    m = one_service(mesh, upstream.address)
     inflight = gevent.spawn(m.http.get, "http://svc/delay/0.5")
     assert wait_for(lambda: m.stats.counters["http.inprocess.downstream_rq_active"] == 1)
     m.stop(timeout=5)
@@ -274,8 +276,7 @@ def test_stop_lets_calls_in_flight_finish_then_calls_fail_fast(upstream, mesh):
 
 
 def test_a_call_cut_off_by_stop_gets_an_error(upstream, mesh):
-    m = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c",
-                                                    "endpoints": [upstream.address]}]))
+    m = one_service(mesh, upstream.address)
     inflight = gevent.spawn(m.http.get, "http://svc/delay/5")
     assert wait_for(lambda: m.stats.counters["http.inprocess.downstream_rq_active"] == 1)
     m.stop(timeout=0.2)
@@ -325,8 +326,7 @@ def test_routes_and_clusters_from_the_control_plane(make_upstream):
 
 
 def test_a_streamed_response_dropped_unread_frees_its_upstream_stream(upstream, mesh):
-    m = mesh(outbound(vhost("svc", "c"), clusters=[{"name": "c",
-                                                    "endpoints": [upstream.address]}]))
+    m = one_service(mesh, upstream.address)
     resp = m.http.get("http://svc/bytes/50000000", stream=True)
     cluster = m.clusters.get("c")
     assert cluster is not None and cluster.hosts[0].pool.active == 1

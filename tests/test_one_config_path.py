@@ -24,6 +24,8 @@ from tests.harness import convert_resource
 from tests.test_xds import route_config as xds_route_config
 from tests.test_xds import static_cluster
 
+pytestmark = pytest.mark.source_only  # config, xDS, admin, workers, reload: see conftest.py
+
 
 def yaml_cluster(**fields) -> model.Cluster:
     cfg = load_dict({"clusters": [{"name": "c", "endpoints": ["127.0.0.1:1"], **fields}]})

@@ -9,9 +9,12 @@ import http.client
 import signal
 import threading
 
+import pytest
 import yaml
 
 from tests.harness import free_port, mesh_config, until
+
+pytestmark = pytest.mark.source_only  # config, xDS, admin, workers, reload: see conftest.py
 
 
 class KeepAliveLoad:

@@ -10,9 +10,12 @@ import signal
 import socket
 import threading
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import mesh_config, parse_stats, until
+
+pytestmark = pytest.mark.source_only  # config, xDS, admin, workers, reload: see conftest.py
 
 
 def admin(gm, path: str, method: str = "GET") -> tuple[int, str]:

@@ -155,6 +155,7 @@ def test_eds_change_moves_traffic_and_in_flight_requests_finish(cp, start_mesh, 
     assert slow["r"] == (200, "up1")  # the old host's request in flight finished
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_invalid_resource_is_nacked_and_old_config_keeps_serving(cp, start_mesh, ups):
     gm, port, _ = xds_mesh(start_mesh, cp.port)
     cp.set(CDS, [static_cluster("dyn", ups[0].address)])
@@ -178,6 +179,7 @@ def test_invalid_resource_is_nacked_and_old_config_keeps_serving(cp, start_mesh,
         "route_configuration 'r2'.virtual_hosts[0].routes[0].match.grpc: not supported"
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_control_plane_lost_and_back(cp, start_mesh, ups):
     gm, port, _ = xds_mesh(start_mesh, cp.port)
     cp.set(CDS, [static_cluster("dyn", ups[0].address)])
@@ -195,6 +197,7 @@ def test_control_plane_lost_and_back(cp, start_mesh, ups):
         again.stop()
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_after_reconnects_each_type_is_subscribed_once_per_stream(cp, start_mesh, ups):
     """Subscriptions of attempts that failed while the control plane was away are not
     replayed on the stream that finally connects: one request per type, then only ACKs."""
@@ -216,6 +219,7 @@ def test_after_reconnects_each_type_is_subscribed_once_per_stream(cp, start_mesh
         again.stop()
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_listener_and_route_added_and_changed_live(cp, start_mesh, ups):
     gm, port, _ = xds_mesh(start_mesh, cp.port)
     cp.set(CDS, [static_cluster("dyn", ups[0].address)])
@@ -292,6 +296,7 @@ def test_traffic_during_50_updates_loses_nothing(cp, start_mesh, ups):
     assert until(lambda: get(port)[0] == 503)
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_control_plane_serves_a_directory_and_pushes_edits(start_mesh, ups, tmp_path):
     import subprocess
     import sys
@@ -334,6 +339,7 @@ def test_control_plane_serves_a_directory_and_pushes_edits(start_mesh, ups, tmp_
         plane.wait()
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_rds_route_actions_convert(cp, start_mesh, ups):
     from envoy_data_plane.envoy.config.core.v3 import DataSource, HeaderValue, HeaderValueOption
     from envoy_data_plane.envoy.config.route.v3 import (
@@ -364,6 +370,7 @@ def test_rds_route_actions_convert(cp, start_mesh, ups):
     assert not cp.nacks(RDS)
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_cluster_resilience_fields_convert():
     from envoy_data_plane.envoy.config.cluster.v3 import (
         CircuitBreakers,
@@ -399,6 +406,7 @@ def test_cluster_resilience_fields_convert():
     assert (cb.max_requests, cb.max_retries, cb.max_connections) == (100, 1, 10)
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_undecodable_resource_is_the_control_planes_error(cp, start_mesh, ups):
     gm, port, _ = xds_mesh(start_mesh, cp.port)
     cp.set(CDS, [static_cluster("dyn", ups[0].address)])
@@ -412,6 +420,7 @@ def test_undecodable_resource_is_the_control_planes_error(cp, start_mesh, ups):
     assert "xds_internal_error" not in [e["event"] for e in gm.logs()]
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_undecodable_endpoints_are_the_control_planes_error_too(cp, start_mesh, ups):
     """Found by fuzzing: the EDS fast path raised on bytes that do not decode, so a broken
     ClusterLoadAssignment was NACKed as greenmesh's internal error."""
@@ -450,6 +459,7 @@ mesh.wait()
 """
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_a_greenmesh_bug_is_logged_and_counted_not_blamed_on_the_resources(cp, tmp_path):
     import json
     import subprocess
@@ -506,6 +516,7 @@ def test_bolt_over_cds(cp, start_mesh):
     up.stop()
 
 
+@pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_a_pushed_listener_accepts_only_once_its_routes_are_warm(cp, start_mesh, ups):
     """Envoy's listener warming: an LDS listener whose RDS routes have not come does not
     listen yet (it would answer 404 to everything); it starts when they come."""
