@@ -197,7 +197,7 @@ class InProcessStream(ServerStream):
     def wait_head(self) -> None:
         """Until the response head came, or the proxy ended the stream without one (or, for
         greenmesh's own answers, until the proxy is done: their flags come last)."""
-        while self.head is None and not self.ended or self.local is not None and not self.ended:
+        while not self.ended and (self.head is None or self.local is not None):
             self._changed.clear()
             self._changed.wait()
 
