@@ -73,27 +73,24 @@ def wait_ready(admin: int, timeout: float = 30) -> None:
     sys.exit(f"bench: greenmesh with admin {admin} never became ready")
 
 
-def http_config(port: int, upstream: int) -> str:
+def _config(port: int, action: str, clusters: str = "") -> str:
     return f"""
 listeners:
   - {{name: in, address: 127.0.0.1:{port}, route_config: r}}
 route_configs:
   - {{name: r, virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: /}},
-      route: {{cluster: up}}}}]}}]}}
-clusters:
-  - {{name: up, max_connections: 10000, endpoints: ["127.0.0.1:{upstream}"]}}
-"""
+      {action}}}]}}]}}
+{clusters}"""
+
+
+def http_config(port: int, upstream: int) -> str:
+    return _config(port, "route: {cluster: up}", "clusters:\n  - {name: up, max_connections: "
+                   f'10000, endpoints: ["127.0.0.1:{upstream}"]}}\n')
 
 
 def direct_config(port: int, upstream: int) -> str:
     """No upstream: what the workers can do when the upstream does not share their cores."""
-    return f"""
-listeners:
-  - {{name: in, address: 127.0.0.1:{port}, route_config: r}}
-route_configs:
-  - {{name: r, virtual_hosts: [{{name: v, domains: ["*"], routes: [{{match: {{prefix: /}},
-      direct_response: {{status: 200, body: {{inline_string: "hello\\n"}}}}}}]}}]}}
-"""
+    return _config(port, 'direct_response: {status: 200, body: {inline_string: "hello\\n"}}')
 
 
 def bolt_config(port: int, upstream: int) -> str:

@@ -6,14 +6,18 @@ modules the optional compiled build compiles.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from json import dumps as _dumps
 from json.encoder import encode_basestring as _escape
+from typing import Final
 
 from greenmesh.access_format import Record
 from greenmesh.logger import get_logger
 from greenmesh.streams.base import RequestHead
+
+_INFO: Final = logging.INFO
 
 
 def _two_headers(request: RequestHead) -> tuple[bytes | None, bytes | None]:
@@ -41,6 +45,8 @@ class AccessLog:
             upstream: str | None, details: str, metadata: dict | None = None) -> None:
         """``protocol``: the registry's name (http1, http2, bolt); ``metadata``: the request's
         dynamic metadata (set by filters), when it has any."""
+        if not self._log.wants(_INFO):  # an embedded mesh whose host shows no info lines
+            return
         more: dict = {"details": details} if details else {}
         if metadata:
             more["metadata"] = metadata

@@ -46,6 +46,11 @@ class Logger:
         fields = " ".join(f"{k}={_text(v)}" for k, v in kw.items())
         std.log(level, f"{event} {fields}" if fields else event, exc_info=exc_info)
 
+    def wants(self, level: int) -> bool:
+        """Whether a line at ``level`` would go anywhere (structlog's set-up filters its own),
+        so that a caller can skip building one per request."""
+        return structlog.is_configured() or self._std.isEnabledFor(level)
+
     def debug(self, event: str, **kw: Any) -> None:
         self._emit("debug", logging.DEBUG, event, kw)
 

@@ -235,7 +235,7 @@ class Mesh:
         self._want_client_routes()
         return Proxy(LISTENER, lambda: self._routes.get(route_config), self.clusters,
                      self.stats, access_log=self._access_log, overload=self.overload,
-                     stream_idle_timeout=300.0)  # Envoy's default, as a listener's
+                     stream_idle_timeout=model.STREAM_IDLE_TIMEOUT)
 
     def _want_client_routes(self) -> None:
         """The control plane is asked for the route configs in-process calls use that the

@@ -304,6 +304,10 @@ class RouteConfig:
     filter_overrides: tuple[tuple[str, FilterOverride], ...] = ()
 
 
+#: Envoy's stream_idle_timeout default (5 minutes): a listener's, and the in-process calls'.
+STREAM_IDLE_TIMEOUT: Final = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class AccessLogFormat:
     """A listener's own access log (Envoy's file access logger): where, and in what format."""
@@ -343,7 +347,7 @@ class Listener:
     # A stream that moves no bytes either way for this long: 408, or a reset once the response
     # began (Envoy's stream_idle_timeout, 5 minutes; a route's idle_timeout overrides it
     # upstream). None: off.
-    stream_idle_timeout: float | None = 300.0
+    stream_idle_timeout: float | None = STREAM_IDLE_TIMEOUT
     idle_timeout: float = 300.0
     access_log: bool = True
     # Its own format and file, instead of the process's JSON lines (None: those).

@@ -219,14 +219,21 @@ def test_after_reconnects_each_type_is_subscribed_once_per_stream(cp, start_mesh
         again.stop()
 
 
+def push_listener(cp: ControlPlane, ups, name: str, routes: str) -> int:
+    """The cluster ``dyn`` and an LDS listener on a fresh port whose routes come by RDS as
+    ``routes`` (not sent yet); returns once greenmesh has asked for them."""
+    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
+    port = free_port()
+    cp.set(LDS, [listener(name, port, routes)])
+    assert cp.wait_for(lambda: any(list(r.resource_names) == [routes] for r in cp.requests
+                                   if r.type_url == RDS))
+    return port
+
+
 @pytest.mark.source_only  # the control plane's side: see conftest.py
 def test_listener_and_route_added_and_changed_live(cp, start_mesh, ups):
     gm, port, _ = xds_mesh(start_mesh, cp.port)
-    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
-    new_port = free_port()
-    cp.set(LDS, [listener("dynamic-in", new_port, "r1")])
-    assert cp.wait_for(lambda: any(list(r.resource_names) == ["r1"] for r in cp.requests
-                                   if r.type_url == RDS))
+    new_port = push_listener(cp, ups, "dynamic-in", "r1")
     cp.set(RDS, [route_config("r1", "dyn")])
     assert until(lambda: _safe_get(new_port) == (200, "up1"))
     cp.set(RDS, [route_config("r1", "dyn", prefix="/api")])
@@ -521,11 +528,7 @@ def test_a_pushed_listener_accepts_only_once_its_routes_are_warm(cp, start_mesh,
     """Envoy's listener warming: an LDS listener whose RDS routes have not come does not
     listen yet (it would answer 404 to everything); it starts when they come."""
     gm, _, admin = xds_mesh(start_mesh, cp.port)
-    cp.set(CDS, [static_cluster("dyn", ups[0].address)])
-    port = free_port()
-    cp.set(LDS, [listener("l2", port, "r2")])
-    assert cp.wait_for(lambda: any(list(r.resource_names) == ["r2"] for r in cp.requests
-                                   if r.type_url == RDS))
+    port = push_listener(cp, ups, "l2", "r2")
     assert cp.wait_for(lambda: cp.acks(LDS))
 
     def accepting() -> bool:

@@ -201,6 +201,7 @@ class HttpClient:
                 timeout: float | None = None, stream: bool = False) -> Response:
         """``data``: bytes, text (UTF-8), a mapping (sent as a form) or an iterable of bytes
         (sent as it yields, chunked on HTTP/1.1); ``json``: a value sent as JSON."""
+        verb = method.upper()
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"not an http(s) URL with a host: {url!r}")
@@ -229,14 +230,14 @@ class HttpClient:
             fields.append((b"content-type", ctype))
         if isinstance(body, (bytes, bytearray)):
             fields = [(n, v) for n, v in fields if n != b"content-length"]
-            if body or method.upper() in ("POST", "PUT", "PATCH"):
+            if body or verb in ("POST", "PUT", "PATCH"):
                 fields.append((b"content-length", b"%d" % len(body)))
-        head = RequestHead(method.upper().encode("latin-1"), path.encode("latin-1"),
+        head = RequestHead(verb.encode("latin-1"), path.encode("latin-1"),
                            parts.netloc.rpartition("@")[2].encode("latin-1"),
                            parts.scheme.encode("latin-1"), fields)
         head.timeout = timeout
         call = InProcessStream(head, body, self._buffer_limit if stream else 0)
-        target = f"{method.upper()} {url}"
+        target = f"{verb} {url}"
         self._calls.start(self.route_config, "http", call, target, background=stream)
         response = Response(call, self._calls, url, target)
         if not stream:

@@ -10,6 +10,7 @@ own settings that Envoy has no field for reach it from a control plane under its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from greenmesh import model
@@ -64,21 +65,23 @@ def _format(r: Reader, text: Any, json_fields: Any, path: str, text_key: str,
         if not isinstance(text, str):
             r.error(join(path, text_key), "expected a format string")
             return None, None
-        try:
-            compile_text(text)
-        except ValueError as e:
-            r.error(join(path, text_key), str(e))
+        _compiles(r, compile_text, text, join(path, text_key))
         return text, None
     if json_fields is not None:
         if not isinstance(json_fields, dict) or not json_fields:
             r.error(join(path, json_key), "expected a mapping of field names to format strings")
             return None, None
-        try:
-            compile_json(json_fields)
-        except ValueError as e:
-            r.error(join(path, json_key), str(e))
+        _compiles(r, compile_json, json_fields, join(path, json_key))
         return None, tuple((str(k), v) for k, v in json_fields.items())
     return None, None
+
+
+def _compiles(r: Reader, compile_format: Callable[[Any], object], fmt: Any, path: str) -> None:
+    """An access-log format that does not compile is an error at ``path`` (unknown operators)."""
+    try:
+        compile_format(fmt)
+    except ValueError as e:
+        r.error(path, str(e))
 
 
 def access_log(r: Reader, v: Any, path: str) -> tuple[bool, model.AccessLogFormat | None]:
